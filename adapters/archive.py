@@ -1,0 +1,212 @@
+"""Safe unpacking of an uploaded adapter archive (`.tar.gz`/`.tgz` or `.zip`).
+
+Nothing in an archive is trusted: the format is detected by magic bytes, every member path is
+checked before anything is written, links and special files are refused, and sizes are
+counted on the bytes actually decompressed (headers of zip bombs lie).
+"""
+
+from __future__ import annotations
+
+import gzip
+import stat
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import IO, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.errors import AdapterRejected
+
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+_IGNORED_TOP = "__MACOSX"  # resource forks added by macOS zip tools
+_CHUNK = 1 << 20
+_TAR_HEADER_ALLOWANCE = 1 << 20  # decompressed tar headers and padding beyond member bytes
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+class ArchiveLimits(BaseModel):
+    """Caps applied while unpacking one upload."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_archive_bytes: int = Field(default=1 << 30, gt=0, description="Size of the upload.")
+    max_members: int = Field(default=64, gt=0, description="Files and folders in the archive.")
+    max_member_bytes: int = Field(default=1 << 30, gt=0, description="One unpacked file.")
+    max_unpacked_bytes: int = Field(default=2 << 30, gt=0, description="All unpacked files.")
+
+
+def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Path:
+    """Unpack `archive` into the empty folder `dest` and return the adapter folder in it.
+
+    The adapter folder is `dest` itself, or its only top-level folder when the archive wraps
+    everything in one. Raises AdapterRejected naming the first offending member or limit.
+    """
+    size = archive.stat().st_size
+    if size > limits.max_archive_bytes:
+        raise AdapterRejected(
+            f"archive is {size} bytes, over the limit of {limits.max_archive_bytes} bytes"
+        )
+    with archive.open("rb") as fh:
+        magic = fh.read(4)
+    writer = _MemberWriter(dest, limits)
+    if magic.startswith(_GZIP_MAGIC):
+        _extract_tar_gz(archive, writer, limits)
+    elif magic in _ZIP_MAGICS:
+        _extract_zip(archive, writer)
+    else:
+        raise AdapterRejected("upload is not a .tar.gz or .zip archive (unrecognised first bytes)")
+    return _adapter_root(dest)
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _CappedReader:
+    """A read-only stream that refuses to yield more than `cap` bytes in total."""
+
+    def __init__(self, inner: _Readable, cap: int) -> None:
+        self._inner = inner
+        self._cap = cap
+        self._left = cap
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        self._left -= len(data)
+        if self._left < 0:
+            raise AdapterRejected(f"archive unpacks to more than {self._cap} bytes")
+        return data
+
+
+class _MemberWriter:
+    """Writes members under `dest`, enforcing path rules, the member count and byte caps."""
+
+    def __init__(self, dest: Path, limits: ArchiveLimits) -> None:
+        self._dest = dest
+        self._limits = limits
+        self._members = 0
+        self._total = 0
+
+    def count(self) -> None:
+        self._members += 1
+        if self._members > self._limits.max_members:
+            raise AdapterRejected(
+                f"archive has more than {self._limits.max_members} members; "
+                "pack only the adapter files"
+            )
+
+    def target(self, name: str) -> Path | None:
+        """The path for member `name`, or None to skip it; raises on an unsafe name."""
+        if "\\" in name or name.startswith("/") or PurePosixPath(name).is_absolute():
+            raise AdapterRejected(f"archive member {name!r} has an absolute or non-POSIX path")
+        parts = [p for p in PurePosixPath(name).parts if p != "."]
+        if ".." in parts:
+            raise AdapterRejected(f"archive member {name!r} has '..' in its path")
+        if not parts or parts[0] == _IGNORED_TOP:
+            return None
+        if PurePosixPath(parts[-1]).suffix.lower() in PICKLE_SUFFIXES:
+            raise AdapterRejected(
+                f"archive member {name!r} is a pickle file; only safetensors weights are "
+                "accepted (save with safe_serialization=True)"
+            )
+        return self._dest.joinpath(*parts)
+
+    def write_dir(self, path: Path) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise AdapterRejected(f"archive folder {path.name!r} clashes with a file") from exc
+
+    def write_file(self, path: Path, source: IO[bytes]) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = path.open("xb")
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            rel = path.relative_to(self._dest)
+            raise AdapterRejected(f"archive member {str(rel)!r} appears twice or clashes") from exc
+        written = 0
+        with out:
+            while chunk := source.read(_CHUNK):
+                written += len(chunk)
+                self._total += len(chunk)
+                if written > self._limits.max_member_bytes:
+                    raise AdapterRejected(
+                        f"archive member {path.name!r} unpacks to more than "
+                        f"{self._limits.max_member_bytes} bytes"
+                    )
+                if self._total > self._limits.max_unpacked_bytes:
+                    raise AdapterRejected(
+                        f"archive unpacks to more than {self._limits.max_unpacked_bytes} bytes"
+                    )
+                out.write(chunk)
+
+
+def _extract_tar_gz(archive: Path, writer: _MemberWriter, limits: ArchiveLimits) -> None:
+    cap = limits.max_unpacked_bytes + _TAR_HEADER_ALLOWANCE
+    try:
+        with (
+            gzip.open(archive, "rb") as raw,
+            tarfile.open(fileobj=_CappedReader(raw, cap), mode="r|") as tar,  # type: ignore[call-overload]
+        ):
+            for member in tar:
+                writer.count()
+                path = writer.target(member.name)
+                _check_tar_type(member)
+                if path is None:
+                    continue
+                if member.isdir():
+                    writer.write_dir(path)
+                    continue
+                source = tar.extractfile(member)
+                if source is None:
+                    raise AdapterRejected(f"archive member {member.name!r} has no data")
+                writer.write_file(path, source)
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise AdapterRejected(f"archive is not a readable .tar.gz: {exc}") from exc
+
+
+def _check_tar_type(member: tarfile.TarInfo) -> None:
+    if member.issym():
+        raise AdapterRejected(f"archive member {member.name!r} is a symlink; links are refused")
+    if member.islnk():
+        raise AdapterRejected(f"archive member {member.name!r} is a hardlink; links are refused")
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise AdapterRejected(f"archive member {member.name!r} is a device file or fifo")
+    if not (member.isreg() or member.isdir()):
+        raise AdapterRejected(f"archive member {member.name!r} is not a regular file or folder")
+
+
+def _extract_zip(archive: Path, writer: _MemberWriter) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                writer.count()
+                path = writer.target(info.filename)
+                _check_zip_type(info)
+                if path is None:
+                    continue
+                if info.is_dir():
+                    writer.write_dir(path)
+                    continue
+                with zf.open(info) as source:
+                    writer.write_file(path, source)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise AdapterRejected(f"archive is not a readable .zip: {exc}") from exc
+
+
+def _check_zip_type(info: zipfile.ZipInfo) -> None:
+    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool stored no file type
+    if kind == stat.S_IFLNK:
+        raise AdapterRejected(f"archive member {info.filename!r} is a symlink; links are refused")
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise AdapterRejected(f"archive member {info.filename!r} is a device file or fifo")
+
+
+def _adapter_root(dest: Path) -> Path:
+    entries = list(dest.iterdir())
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return dest

@@ -1,0 +1,146 @@
+"""The adapter manifest (`hotswap.json`): identity, provenance and the task an adapter serves.
+
+Training writes it beside the PEFT files; the registry completes it (version, digest, base
+fingerprint, LoRA shape, creation time) and stores it. Serving frames every input with
+`TaskSpec.render_messages`, the same function training used, so prompts match exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Any, TypedDict
+
+import jsonschema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILE = "hotswap.json"
+INPUT_PLACEHOLDER = "{input}"
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def check_adapter_name(name: str) -> str:
+    """Return `name` if it is a valid adapter name, else raise ValueError saying why."""
+    if not _NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"adapter name {name!r} is invalid: use 1-64 characters from a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit ('@' separates a name from a version)"
+        )
+    return name
+
+
+AdapterName = Annotated[str, AfterValidator(check_adapter_name)]
+
+
+class ChatMessage(TypedDict):
+    """One chat message, in the shape chat templates and the OpenAI API take."""
+
+    role: str
+    content: str
+
+
+class LoraSpec(BaseModel):
+    """The LoRA shape, copied from `adapter_config.json` by the registry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int = Field(gt=0)
+    alpha: float
+    target_modules: list[str]
+
+
+class TrainingInfo(BaseModel):
+    """Where the adapter came from: evaluation metrics, data and knobs of its training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    dataset_digest: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSpec(BaseModel):
+    """How inputs are framed and what outputs look like for this adapter's task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system_message: str | None = None
+    input_template: str = Field(
+        default=INPUT_PLACEHOLDER,
+        description="User message text; the literal `{input}` is replaced by the request input.",
+    )
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema the output must satisfy (constrained decoding)."
+    )
+    labels: list[str] | None = Field(default=None, description="Closed set of output labels.")
+    label_field: str | None = Field(
+        default=None, description="Output field that carries the label, e.g. 'intent'."
+    )
+    reference_distribution: dict[str, float] | None = Field(
+        default=None, description="Expected label frequencies (drift baseline), summing to 1."
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> TaskSpec:
+        if INPUT_PLACEHOLDER not in self.input_template:
+            raise ValueError(f"input_template must contain {INPUT_PLACEHOLDER}")
+        if self.output_schema is not None:
+            validator = jsonschema.validators.validator_for(self.output_schema)
+            try:
+                validator.check_schema(self.output_schema)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(
+                    f"output_schema is not a valid JSON Schema: {exc.message}"
+                ) from exc
+        if self.labels is not None and (
+            not self.labels or len(set(self.labels)) != len(self.labels)
+        ):
+            raise ValueError("labels must be a non-empty list without duplicates")
+        if self.label_field is not None:
+            self._check_label_field(self.label_field)
+        if self.reference_distribution is not None:
+            self._check_distribution(self.reference_distribution)
+        return self
+
+    def _check_label_field(self, field: str) -> None:
+        if self.labels is None:
+            raise ValueError("label_field needs labels")
+        properties = (self.output_schema or {}).get("properties")
+        if isinstance(properties, dict) and field not in properties:
+            raise ValueError(f"label_field {field!r} is not a property of output_schema")
+
+    def _check_distribution(self, distribution: dict[str, float]) -> None:
+        if self.labels is None or set(distribution) != set(self.labels):
+            raise ValueError("reference_distribution must have exactly one entry per label")
+        if any(p < 0 for p in distribution.values()):
+            raise ValueError("reference_distribution has a negative probability")
+        if not math.isclose(sum(distribution.values()), 1.0, rel_tol=0.0, abs_tol=1e-6):
+            raise ValueError("reference_distribution must sum to 1")
+
+    def render_messages(self, text: str) -> list[ChatMessage]:
+        """The chat messages for one input: the system message (if any), then the user turn."""
+        messages: list[ChatMessage] = []
+        if self.system_message is not None:
+            messages.append({"role": "system", "content": self.system_message})
+        user = self.input_template.replace(INPUT_PLACEHOLDER, text)
+        messages.append({"role": "user", "content": user})
+        return messages
+
+
+class AdapterManifest(BaseModel):
+    """`hotswap.json`. In an upload only `name` (or a name given to the registry) is needed;
+    `version`, `digest`, `lora` and `created_at` are assigned by the registry, and `base_model`
+    is checked against the served model's fingerprint when present, else filled in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: AdapterName
+    version: int | None = Field(default=None, gt=0)
+    digest: str | None = Field(default=None, description="sha256 of the PEFT files (hex).")
+    base_model: str | None = Field(default=None, description="Base fingerprint, 'sha256:...'.")
+    lora: LoraSpec | None = None
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    training: TrainingInfo | None = None
+    description: str = ""
+    created_at: datetime | None = None

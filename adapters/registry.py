@@ -1,0 +1,191 @@
+"""The adapter registry: upload, version, promote and resolve task adapters for one base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from adapters.archive import ArchiveLimits, extract_archive
+from adapters.base_spec import BaseModelSpec
+from adapters.errors import AdapterNotFound
+from adapters.manifest import AdapterManifest
+from adapters.store import AdapterDetail, AdapterStore, AdapterVersion, compute_digest
+from adapters.validation import SchemaCheck, validate_adapter
+
+ResolvedAdapter = AdapterVersion
+"""What `resolve` returns: the name, version, engine LoRA id and path the engine loads."""
+
+_ASSIGNED_FIELDS = {"version", "digest", "created_at"}
+
+
+class RegisterResult(BaseModel):
+    """The outcome of an upload: the stored version, and whether it is new."""
+
+    model_config = ConfigDict(frozen=True)
+
+    adapter: AdapterVersion
+    created: bool
+
+    @property
+    def manifest(self) -> AdapterManifest:
+        return self.adapter.manifest
+
+
+class AdapterSummary(BaseModel):
+    """One line of the adapter listing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    promoted_version: int | None
+    versions: list[int]
+    description: str
+
+
+class AdapterRegistry:
+    """Adapters stored under `home/adapters`, validated against the served base model.
+
+    Versions of a name are numbered 1, 2, ... and never renumbered or reused. The first
+    version registered under a name with nothing promoted is promoted automatically, so a
+    freshly uploaded adapter is servable by its bare name. Safe to call from several threads
+    (and processes sharing `home`): changes are serialised, reads never wait for an upload.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        base: BaseModelSpec,
+        limits: ArchiveLimits | None = None,
+        schema_check: SchemaCheck | None = None,
+    ) -> None:
+        self._store = AdapterStore(home / "adapters")
+        self._base = base
+        self._limits = limits or ArchiveLimits()
+        self._schema_check = schema_check
+
+    def close(self) -> None:
+        """Release the database connection; the registry is unusable afterwards."""
+        self._store.close()
+
+    def register(
+        self, archive_path: Path, *, name: str | None = None, description: str | None = None
+    ) -> RegisterResult:
+        """Validate and store an uploaded `.tar.gz`/`.zip` of a PEFT LoRA folder.
+
+        The name comes from `name`, else from the archive's `hotswap.json`; `description`
+        likewise overrides the manifest's. Uploading what an existing version of that name
+        already holds (same weights and manifest) returns that version with `created=False`.
+        Raises AdapterRejected naming the problem; nothing is stored then.
+        """
+        with self._store.locked(), self._store.workspace() as work:
+            folder = extract_archive(archive_path, work, self._limits)
+            manifest = validate_adapter(
+                folder,
+                self._base,
+                name=name,
+                description=description,
+                schema_check=self._schema_check,
+            )
+            digest = compute_digest(folder)
+            detail = self._store.load(manifest.name)
+            for existing in detail.versions if detail else []:
+                if existing.digest == digest and _same_upload(existing.manifest, manifest):
+                    return RegisterResult(adapter=existing, created=False)
+            return RegisterResult(
+                adapter=self._store.add_version(manifest, folder, digest), created=True
+            )
+
+    def list_adapters(self) -> list[AdapterSummary]:
+        """Every adapter name with its versions, by name."""
+        return [
+            AdapterSummary(
+                name=detail.name,
+                promoted_version=detail.promoted_version,
+                versions=[v.version for v in detail.versions],
+                description=_current(detail).manifest.description,
+            )
+            for detail in self._store.load_all()
+        ]
+
+    def get(self, name: str) -> AdapterDetail:
+        """All versions of `name` and which one is promoted."""
+        detail = self._store.load(name)
+        if detail is None:
+            raise self._name_not_found(name)
+        return detail
+
+    def get_version(self, name: str, version: int) -> AdapterVersion:
+        """One version of `name`; the not-found message lists the versions that exist."""
+        found = self._store.get_version(name, version)
+        if found is None:
+            detail = self.get(name)
+            versions = ", ".join(str(v.version) for v in detail.versions)
+            raise AdapterNotFound(f"adapter {name!r} has no version {version}; it has {versions}")
+        return found
+
+    def promote(self, name: str, version: int) -> AdapterVersion:
+        """Serve `version` when requests name the adapter without a version."""
+        with self._store.locked():
+            promoted = self.get_version(name, version)
+            self._store.promote(name, version)
+        return promoted
+
+    def rollback_target(self, name: str) -> AdapterVersion:
+        """The version `rollback` would promote now (so a server can load it first)."""
+        self.get(name)
+        return self.get_version(name, self._store.rollback_target(name))
+
+    def rollback(self, name: str) -> AdapterVersion:
+        """Promote again the version that was promoted before the current one.
+
+        Raises AdapterConflict when there is none (e.g. only the first version was ever
+        promoted, or the earlier ones were deleted).
+        """
+        with self._store.locked():
+            self.get(name)
+            version = self._store.rollback(name)
+        return self.get_version(name, version)
+
+    def delete(self, name: str, version: int) -> None:
+        """Delete a version; AdapterConflict if it is the promoted one."""
+        with self._store.locked():
+            self.get_version(name, version)
+            self._store.delete(name, version)
+
+    def resolve(self, ref: str) -> ResolvedAdapter:
+        """`name` (its promoted version) or `name@version` (pinned) to what the engine loads."""
+        name, pinned, version = ref.partition("@")
+        if not pinned:
+            found = self._store.get_promoted(name)
+            if found is None:
+                raise self._name_not_found(name)
+            return found
+        if not (version.isascii() and version.isdigit()):
+            raise AdapterNotFound(
+                f"{ref!r} is not an adapter reference: use NAME or NAME@VERSION, e.g. 'intent@2'"
+            )
+        return self.get_version(name, int(version))
+
+    def _name_not_found(self, name: str) -> AdapterNotFound:
+        listing = ", ".join(
+            f"{d.name} (versions {', '.join(str(v.version) for v in d.versions)}; "
+            f"promoted {d.promoted_version})"
+            for d in self._store.load_all()
+        )
+        return AdapterNotFound(
+            f"no adapter named {name!r}; "
+            + (f"registered: {listing}" if listing else "none are registered")
+        )
+
+
+def _current(detail: AdapterDetail) -> AdapterVersion:
+    """The promoted version, else the latest."""
+    by_version = {v.version: v for v in detail.versions}
+    return by_version.get(detail.promoted_version or 0, detail.versions[-1])
+
+
+def _same_upload(stored: AdapterManifest, uploaded: AdapterManifest) -> bool:
+    return stored.model_dump(exclude=_ASSIGNED_FIELDS) == uploaded.model_dump(
+        exclude=_ASSIGNED_FIELDS
+    )

@@ -1,0 +1,1 @@
+"""hotswap server: one vLLM engine, many hot-swappable task adapters."""

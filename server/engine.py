@@ -1,0 +1,199 @@
+"""The one place that talks to vLLM: starts the async engine, runs requests, stops it.
+
+Everything outside this module speaks in hotswap's own small types (`Sampling`,
+`LoraTarget`, `Chunk`), so the HTTP and gRPC layers never import vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.base_model import BaseModel
+from server.errors import EngineUnavailable, InvalidRequest
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """An adapter as the engine sees it: a unique name, a never-reused integer id, a folder."""
+
+    name: str
+    lora_int_id: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding knobs of one request, in hotswap's terms."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = field(default_factory=tuple)
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One step of a running request: the new text and the counts so far."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+def resolve_dtype(settings: Settings, on_cuda: bool) -> str:
+    """`auto` means bfloat16 on CPU (fast there) and the model's own dtype on GPU."""
+    if settings.dtype != "auto":
+        return settings.dtype
+    return "auto" if on_cuda else "bfloat16"
+
+
+class Engine:
+    """Owns the vLLM `AsyncLLM` for the process lifetime."""
+
+    def __init__(self, settings: Settings, base: BaseModel) -> None:
+        self._settings = settings
+        self.base = base
+        self._llm: Any = None
+        self._tokenizer: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    def start_blocking(self) -> None:
+        """Build the engine (spawns the engine core process); returns once it can serve.
+        Blocks for the engine's start-up (seconds): call it from a worker thread."""
+        self._export_engine_environment()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self._settings
+        args = AsyncEngineArgs(
+            model=str(self.base.path),
+            served_model_name=[self.base.name],
+            dtype=resolve_dtype(s, on_cuda=current_platform.is_cuda()),
+            max_model_len=s.max_model_len,
+            max_num_seqs=s.max_num_seqs,
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_lora_rank=s.max_lora_rank,
+            max_cpu_loras=s.max_cpu_loras,
+            structured_outputs_config={"backend": s.structured_outputs_backend},
+            seed=s.seed,
+            disable_log_stats=False,
+        )
+        self._llm = AsyncLLM.from_engine_args(args)
+        self._tokenizer = self._llm.get_tokenizer()
+        logger.info("Engine ready: %s (%s)", self.base.name, self.base.fingerprint)
+
+    def _export_engine_environment(self) -> None:
+        """Settings the engine core process reads from its environment (it is spawned)."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_space_gib))
+        os.environ["HOTSWAP_FAST_CPU_LORA"] = "1" if self._settings.fast_cpu_lora else "0"
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+            logger.info("Engine stopped")
+
+    def _require(self) -> Any:
+        if not self.ready:
+            raise EngineUnavailable("The engine is not ready; retry shortly.")
+        return self._llm
+
+    def render_chat(self, messages: Sequence[Mapping[str, object]]) -> list[int]:
+        """Token ids of a chat conversation framed by the model's chat template."""
+        self._require()
+        try:
+            text = self._tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # template errors are caused by the messages
+            raise InvalidRequest(
+                f"The messages cannot be rendered by the chat template: {exc}"
+            ) from exc
+        return self.tokenize(text)
+
+    def tokenize(self, text: str) -> list[int]:
+        self._require()
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def load_lora(self, lora: LoraTarget) -> None:
+        """Load an adapter into the engine and run one token through it, so that the first
+        request routed to it finds it warm."""
+        from vllm.lora.request import LoRARequest
+
+        llm = self._require()
+        await llm.add_lora(LoRARequest(lora.name, lora.lora_int_id, str(lora.path)))
+        prompt = self.tokenize("warm-up")
+        async for _ in self.generate(prompt, Sampling(max_tokens=1), f"warm-{lora.name}", lora):
+            pass
+
+    async def unload_lora(self, lora_int_id: int) -> None:
+        """Drop an adapter from the engine (no-op when it is not loaded)."""
+        await self._require().remove_lora(lora_int_id)
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        sampling: Sampling,
+        request_id: str,
+        lora: LoraTarget | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """Run one request; yields new text as it is produced. Closing the iterator early
+        (client gone, deadline) aborts the request in the engine."""
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        llm = self._require()
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            output_kind=RequestOutputKind.DELTA,
+            structured_outputs=(
+                StructuredOutputsParams(json=sampling.json_schema, disable_any_whitespace=True)
+                if sampling.json_schema is not None
+                else None
+            ),
+        )
+        lora_request = (
+            LoRARequest(lora.name, lora.lora_int_id, str(lora.path)) if lora is not None else None
+        )
+        completion_tokens = 0
+        try:
+            (engine_input,) = await llm.renderer.render_cmpl_async(
+                [TokensPrompt(prompt_token_ids=prompt_token_ids)]
+            )
+            async for out in llm.generate(
+                engine_input, params, request_id, lora_request=lora_request
+            ):
+                step = out.outputs[0]
+                completion_tokens += len(step.token_ids)
+                yield Chunk(
+                    text=step.text,
+                    prompt_tokens=len(prompt_token_ids),
+                    completion_tokens=completion_tokens,
+                    finish_reason=step.finish_reason if out.finished else None,
+                )
+        except EngineDeadError as exc:
+            raise EngineUnavailable("The engine stopped while serving this request.") from exc
+        except ValueError as exc:  # vLLM's request validation (e.g. a schema it rejects)
+            raise InvalidRequest(str(exc)) from exc

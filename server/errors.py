@@ -1,0 +1,40 @@
+"""Errors a request can meet, each with the HTTP status it maps to and a message a user
+can act on. gRPC maps the same classes to its status codes."""
+
+from __future__ import annotations
+
+
+class HotswapError(Exception):
+    """Base class: `status` is the HTTP status, `code` a stable machine-readable name."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(HotswapError):
+    status = 422
+    code = "invalid_request"
+
+
+class ModelNotFound(HotswapError):
+    status = 404
+    code = "model_not_found"
+
+
+class PromptTooLong(HotswapError):
+    status = 400
+    code = "context_length_exceeded"
+
+
+class EngineUnavailable(HotswapError):
+    status = 503
+    code = "engine_unavailable"
+
+
+class PayloadTooLarge(HotswapError):
+    status = 413
+    code = "payload_too_large"

@@ -1,0 +1,155 @@
+"""The FastAPI application: start-up and shutdown of the engine, routers, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+
+from adapters.archive import ArchiveLimits
+from adapters.base_spec import spec_from_hf_config
+from adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
+from adapters.registry import AdapterRegistry
+from server.adapter_service import AdapterService
+from server.auth import AuthError, KeyRing, Role, check_bind_address
+from server.base_model import resolve_base_model
+from server.catalog import ModelCatalog
+from server.engine import Engine
+from server.errors import HotswapError
+from server.generation import GenerationService
+from server.http.routes import adapters, generate, health, openai
+from server.http.sse import error_body
+from server.http.state import ServerState, require
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def _start(app: FastAPI, settings: Settings) -> None:
+    """Prepare the base model, open the registry, start the engine and load the promoted
+    adapters, without blocking the probes."""
+    base = await asyncio.to_thread(
+        resolve_base_model, settings.base_model, settings.home, settings.served_model_name
+    )
+    registry = AdapterRegistry(
+        settings.home,
+        spec_from_hf_config(
+            base.path, fingerprint=base.fingerprint, max_lora_rank=settings.max_lora_rank
+        ),
+        limits=ArchiveLimits(max_archive_bytes=settings.max_upload_bytes),
+    )
+    engine = Engine(settings, base)
+    await asyncio.to_thread(engine.start_blocking)
+    service = AdapterService(registry, engine)
+    for name, folder in settings.adapters.items():
+        await _register_folder(service, name, folder)
+    await service.warm_promoted(settings.max_loras)
+    catalog = ModelCatalog(base.name, registry)
+    generation = GenerationService(
+        engine, catalog, settings.max_model_len, settings.default_max_tokens
+    )
+    app.state.hotswap = ServerState(
+        engine=engine, catalog=catalog, generation=generation, adapters=service
+    )
+
+
+async def _register_folder(service: AdapterService, name: str, folder: Path) -> None:
+    """`--adapter NAME=PATH`: store the folder in the registry as a version of NAME."""
+    with tempfile.TemporaryDirectory(prefix="hotswap-adapter-") as tmp:
+        archive = shutil.make_archive(str(Path(tmp) / name), "gztar", root_dir=folder)
+        result = await service.upload(Path(archive), name=name)
+    logger.info(
+        "Adapter %s@%d from %s (%s)",
+        name,
+        result.adapter.version,
+        folder,
+        "new" if result.created else "already registered",
+    )
+
+
+_ADAPTER_ERROR_STATUS: dict[type[AdapterError], int] = {
+    AdapterNotFound: 404,
+    AdapterConflict: 409,
+}
+
+
+def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.hotswap = None
+        starting = asyncio.create_task(_start(app, settings))
+        starting.add_done_callback(_stop_if_start_failed)
+        try:
+            yield
+        finally:
+            starting.cancel()
+            state: ServerState | None = app.state.hotswap
+            if state is not None:
+                state.engine.shutdown()
+
+    app = FastAPI(title="hotswap", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.keys = keys
+
+    @app.exception_handler(HotswapError)
+    async def _hotswap_error(_: Request, exc: HotswapError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=exc.status)
+
+    @app.exception_handler(AdapterError)
+    async def _adapter_error(_: Request, exc: AdapterError) -> JSONResponse:
+        status = _ADAPTER_ERROR_STATUS.get(type(exc), 422)
+        kind = type(exc).__name__
+        return JSONResponse(
+            {"error": {"message": str(exc), "type": kind, "code": status}}, status_code=status
+        )
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": exc.message, "type": "authentication", "code": exc.status}},
+            status_code=exc.status,
+            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None,
+        )
+
+    infer = [Depends(require(Role.INFER))]
+    app.include_router(health.router)
+    app.include_router(openai.router, dependencies=infer)
+    app.include_router(generate.router, dependencies=infer)
+    app.include_router(adapters.router, dependencies=[Depends(require(Role.ADMIN))])
+    app.mount("/metrics", make_asgi_app())
+    return app
+
+
+def _stop_if_start_failed(task: asyncio.Task[None]) -> None:
+    """A server whose engine cannot start is of no use: log why and shut down."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Start-up failed; stopping", exc_info=task.exception())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests get `shutdown_grace_s` to finish."""
+    keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+    refusal = check_bind_address(settings.host, keys)
+    if refusal is not None:
+        raise SystemExit(refusal)
+    if not keys.enabled:
+        logger.warning("No API keys configured: open access, listening on loopback only.")
+    uvicorn.run(
+        create_app(settings, keys),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        log_level="info",
+    )

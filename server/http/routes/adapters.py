@@ -1,0 +1,128 @@
+"""Adapter management: upload, list, inspect, promote, roll back, delete."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request, Response, UploadFile
+from pydantic import BaseModel, Field
+
+from adapters.registry import AdapterSummary
+from adapters.store import AdapterVersion
+from server.adapter_service import AdapterService
+from server.errors import InvalidRequest, PayloadTooLarge
+from server.http.state import get_adapter_service
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+Service = Annotated[AdapterService, Depends(get_adapter_service)]
+_CHUNK = 1 << 20
+
+
+class VersionView(BaseModel):
+    """One stored version as the API shows it (the server's file paths stay private)."""
+
+    name: str
+    version: int
+    digest: str
+    created_at: datetime
+    manifest: dict[str, Any]
+
+    @classmethod
+    def of(cls, version: AdapterVersion) -> VersionView:
+        return cls(
+            name=version.name,
+            version=version.version,
+            digest=version.digest,
+            created_at=version.created_at,
+            manifest=version.manifest.model_dump(mode="json"),
+        )
+
+
+class AdapterView(BaseModel):
+    name: str
+    promoted_version: int | None
+    versions: list[VersionView]
+
+
+class UploadView(VersionView):
+    created: bool = Field(description="False when this exact upload was already stored.")
+
+
+class PromoteBody(BaseModel):
+    version: int = Field(gt=0)
+
+
+@router.post("", status_code=201)
+async def upload_adapter(
+    request: Request,
+    response: Response,
+    service: Service,
+    file: UploadFile,
+    name: Annotated[str | None, Form()] = None,
+    description: Annotated[str | None, Form()] = None,
+) -> UploadView:
+    """Upload a `.tar.gz` or `.zip` of a PEFT LoRA folder (and optionally `hotswap.json`).
+    201 with the new version; 200 with the existing one when the same upload is stored."""
+    limit = request.app.state.settings.max_upload_bytes
+    with tempfile.TemporaryDirectory(prefix="hotswap-upload-") as tmp:
+        archive = Path(tmp) / "upload"
+        await _save_capped(file, archive, limit)
+        result = await service.upload(archive, name=name, description=description)
+    if not result.created:
+        response.status_code = 200
+    return UploadView(**VersionView.of(result.adapter).model_dump(), created=result.created)
+
+
+async def _save_capped(file: UploadFile, target: Path, limit: int) -> None:
+    """Copy the upload to disk a chunk at a time, refusing it past `limit` bytes."""
+    written = 0
+    with target.open("wb") as out:
+        while chunk := await file.read(_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise PayloadTooLarge(f"The archive is larger than the limit of {limit} bytes.")
+            out.write(chunk)
+    if written == 0:
+        raise InvalidRequest("The uploaded file is empty.")
+
+
+@router.get("")
+async def list_adapters(service: Service) -> list[AdapterSummary]:
+    return service.list_adapters()
+
+
+@router.get("/{name}")
+async def get_adapter(name: str, service: Service) -> AdapterView:
+    detail = service.get(name)
+    return AdapterView(
+        name=detail.name,
+        promoted_version=detail.promoted_version,
+        versions=[VersionView.of(v) for v in detail.versions],
+    )
+
+
+@router.get("/{name}/versions/{version}")
+async def get_version(name: str, version: int, service: Service) -> VersionView:
+    return VersionView.of(service.get_version(name, version))
+
+
+@router.post("/{name}/promote")
+async def promote(name: str, body: PromoteBody, service: Service) -> VersionView:
+    """Load the version, then serve it for the bare name; returns once it serves."""
+    return VersionView.of(await service.promote(name, body.version))
+
+
+@router.post("/{name}/rollback")
+async def rollback(name: str, service: Service) -> VersionView:
+    """Serve again the version promoted before the current one."""
+    return VersionView.of(await service.rollback(name))
+
+
+@router.delete("/{name}/versions/{version}", status_code=204)
+async def delete_version(name: str, version: int, service: Service) -> None:
+    """Delete a version; 409 while it is the promoted one."""
+    await service.delete(name, version)

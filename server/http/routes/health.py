@@ -1,0 +1,23 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """200 once the engine serves; 503 before (and if it stops)."""
+    state = getattr(request.app.state, "hotswap", None)
+    if state is not None and state.engine.ready:
+        return JSONResponse({"status": "ready", "base_model": state.engine.base.name})
+    return JSONResponse({"status": "starting"}, status_code=503)

@@ -1,0 +1,30 @@
+"""Server-sent events in the shape OpenAI clients read: `data: <json>` lines, then [DONE]."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from server.errors import HotswapError
+
+
+def error_body(exc: HotswapError) -> dict[str, dict[str, str | int]]:
+    """The OpenAI error envelope, used by every non-2xx answer and failed stream."""
+    return {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
+
+
+def event_stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
+    """Stream pydantic models as SSE; an error mid-stream becomes a final error event."""
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield f"data: {event.model_dump_json()}\n\n"
+        except HotswapError as exc:
+            yield f"data: {json.dumps(error_body(exc))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream")

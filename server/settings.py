@@ -1,0 +1,72 @@
+"""All server settings in one place, read from `HOTSWAP_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.auth import Role
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+StructuredBackend = Literal["outlines", "xgrammar", "guidance"]
+
+
+class Settings(BaseSettings):
+    """Server configuration. Every field can be set as `HOTSWAP_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="HOTSWAP_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.cache/hotswap").expanduser(),
+        description="Where the prepared base model and the adapter registry live.",
+    )
+    base_model: str | None = Field(
+        default=None,
+        description="A local HF model folder or hub id; unset serves the embedded SmolLM2-135M.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name of the base model in `model`; defaults to its folder name."
+    )
+    host: str = Field(default="127.0.0.1", description="HTTP bind address.")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
+    dtype: Dtype = Field(
+        default="auto", description="Weights dtype; `auto` is bfloat16 on CPU, the model's on GPU."
+    )
+    max_model_len: int = Field(default=2048, ge=64, description="Context length, in tokens.")
+    max_loras: int = Field(default=8, ge=1, description="Adapters batched together at once.")
+    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank accepted.")
+    max_cpu_loras: int = Field(default=32, ge=1, description="Adapters kept in host memory (LRU).")
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="max_tokens of a request that does not set it."
+    )
+    max_num_seqs: int = Field(default=64, ge=1, description="Sequences scheduled per step.")
+    structured_outputs_backend: StructuredBackend = Field(
+        default="outlines", description="Constrained-decoding backend."
+    )
+    kv_cache_space_gib: int = Field(
+        default=2, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE), in GiB."
+    )
+    fast_cpu_lora: bool = Field(
+        default=True, description="Use hotswap's segment-grouped LoRA kernels on CPU."
+    )
+    seed: int = Field(default=0, description="Engine seed (requests may set their own).")
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="How long in-flight requests may run on shutdown."
+    )
+    adapters: dict[str, Path] = Field(
+        default_factory=dict,
+        description="PEFT LoRA folders registered (and promoted if new) at start, NAME -> PATH.",
+    )
+    api_keys: dict[str, Role] = Field(
+        default_factory=dict,
+        description='API keys and their roles as JSON, e.g. {"k1": "admin", "k2": "infer"}.',
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A JSON file of API keys and roles, read at start."
+    )
+    max_upload_bytes: int = Field(
+        default=1 << 30, ge=1, description="Largest adapter archive accepted, in bytes."
+    )

@@ -1,0 +1,80 @@
+"""Start `hotswap serve` as a real subprocess on a free loopback port and wait until ready."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT_S = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (graceful), then SIGKILL if it does not exit in time; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(
+    log: Path, *, home: Path, base_model: Path, args: list[str], env: dict[str, str] | None = None
+) -> RunningServer:
+    """`hotswap serve` with its registry in `home` and the prepared `base_model` folder."""
+    port = free_port()
+    hotswap = Path(sys.executable).parent / "hotswap"
+    env = {
+        **os.environ,
+        "HOTSWAP_HOME": str(home),
+        "HOTSWAP_BASE_MODEL": str(base_model),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        **(env or {}),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(hotswap), "serve", "--port", str(port), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    running = RunningServer(process=process, url=f"http://127.0.0.1:{port}", log=log)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"hotswap serve exited ({process.returncode}):\n{running.log_tail()}"
+            )
+        try:
+            if httpx.get(f"{running.url}/readyz", timeout=2).status_code == 200:
+                return running
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    running.stop()
+    raise RuntimeError(f"hotswap serve not ready in {READY_TIMEOUT_S}s:\n{running.log_tail()}")

@@ -1,0 +1,134 @@
+"""GenerationService's checks with a fake engine (fast; the real engine is in test_http_*)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from adapters.manifest import TaskSpec
+from server.catalog import ServedModel
+from server.engine import Chunk, LoraTarget, Sampling
+from server.errors import InvalidRequest, ModelNotFound, PromptTooLong
+from server.generation import GenerationRequest, GenerationService
+
+
+class FakeEngine:
+    """One token per character; replies with a fixed text in two chunks."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.seen: list[tuple[list[int], Sampling, LoraTarget | None]] = []
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        return [ord(c) for m in messages for c in m["content"]]
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    async def generate(
+        self, ids: list[int], sampling: Sampling, request_id: str, lora: LoraTarget | None = None
+    ) -> AsyncIterator[Chunk]:
+        self.seen.append((ids, sampling, lora))
+        half = len(self.reply) // 2
+        yield Chunk(self.reply[:half], len(ids), half, None)
+        yield Chunk(self.reply[half:], len(ids), len(self.reply), "stop")
+
+
+LORA = LoraTarget("a@1", 7, Path("/tmp/a"))
+TASK = TaskSpec(
+    system_message="Classify.",
+    input_template="Text: {input}",
+    output_schema={"type": "object", "properties": {"label": {"enum": ["x", "y"]}}},
+)
+
+
+class FakeCatalog:
+    """The base, and one adapter `a` with a task."""
+
+    def resolve(self, ref: str | None) -> ServedModel:
+        if ref in (None, "base"):
+            return ServedModel("base", None, None)
+        if ref == "a":
+            return ServedModel("a", 1, LORA, TASK)
+        raise ModelNotFound(f"Unknown model {ref!r}. Available: base, a.")
+
+
+def service(reply: str = "hello", max_model_len: int = 100) -> tuple[GenerationService, FakeEngine]:
+    engine = FakeEngine(reply)
+    gen = GenerationService(engine, FakeCatalog(), max_model_len, 16)  # type: ignore[arg-type]
+    return gen, engine
+
+
+def test_default_max_tokens_is_capped_by_the_room_left() -> None:
+    gen, _ = service(max_model_len=100)
+    assert gen.prepare(GenerationRequest(model=None, prompt="x" * 10)).sampling.max_tokens == 16
+    assert gen.prepare(GenerationRequest(model=None, prompt="x" * 90)).sampling.max_tokens == 10
+
+
+def test_prompt_over_the_context_says_by_how_much() -> None:
+    gen, _ = service(max_model_len=100)
+    with pytest.raises(PromptTooLong, match="is 120 tokens, 21 more than"):
+        gen.prepare(GenerationRequest(model=None, prompt="x" * 120))
+
+
+def test_prompt_plus_max_tokens_over_the_context() -> None:
+    gen, _ = service(max_model_len=100)
+    with pytest.raises(PromptTooLong, match="20 tokens over the context of 100"):
+        gen.prepare(GenerationRequest(model=None, prompt="x" * 50, max_tokens=70))
+
+
+def test_absurd_max_tokens_is_invalid() -> None:
+    gen, _ = service(max_model_len=100)
+    with pytest.raises(InvalidRequest, match="exceeds the context length of 100"):
+        gen.prepare(GenerationRequest(model=None, prompt="x", max_tokens=101))
+
+
+def test_unknown_model_names_the_available_ones() -> None:
+    gen, _ = service()
+    with pytest.raises(ModelNotFound, match="Available: base, a"):
+        gen.prepare(GenerationRequest(model="zzz", prompt="x"))
+
+
+def test_invalid_schema_is_refused_before_the_engine() -> None:
+    gen, engine = service()
+    with pytest.raises(InvalidRequest, match="JSON Schema is invalid"):
+        gen.prepare(GenerationRequest(model=None, prompt="x", json_schema={"type": 3}))
+    assert engine.seen == []
+
+
+async def test_adapter_requests_carry_their_lora_and_results_are_validated() -> None:
+    gen, engine = service(reply='{"n": 1}')
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    prepared = gen.prepare(GenerationRequest(model="a", prompt="hi", json_schema=schema))
+    result = await gen.complete(prepared, "r1")
+    assert result.output == {"n": 1} and result.valid is True
+    assert result.finish_reason == "stop" and result.completion_tokens == len('{"n": 1}')
+    assert engine.seen[0][2] == LORA
+
+
+def test_task_input_is_framed_by_the_adapter_task_and_gets_its_schema() -> None:
+    gen, _ = service()
+    prepared = gen.prepare(GenerationRequest(model="a", task_input="hi"))
+    assert prepared.prompt_token_ids == [ord(c) for c in "Classify.Text: hi"]
+    assert prepared.sampling.json_schema == TASK.output_schema
+    explicit = {"type": "string"}
+    prepared = gen.prepare(GenerationRequest(model="a", task_input="hi", json_schema=explicit))
+    assert prepared.sampling.json_schema == explicit
+
+
+def test_task_input_to_the_base_is_a_plain_user_message() -> None:
+    gen, _ = service()
+    prepared = gen.prepare(GenerationRequest(model=None, task_input="hi"))
+    assert prepared.prompt_token_ids == [ord(c) for c in "hi"]
+    assert prepared.sampling.json_schema is None
+
+
+async def test_text_that_fails_the_schema_is_reported_invalid() -> None:
+    gen, _ = service(reply='{"n": "one"}')
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    result = await gen.complete(
+        gen.prepare(GenerationRequest(model=None, prompt="hi", json_schema=schema)), "r2"
+    )
+    assert result.output == {"n": "one"} and result.valid is False

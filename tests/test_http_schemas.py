@@ -1,0 +1,67 @@
+"""Request bodies: what the OpenAI routes and /v1/generate accept and refuse."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from server.http.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def test_chat_request_reads_the_openai_shapes() -> None:
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
+            ],
+            "max_completion_tokens": 5,
+            "stop": "\n",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}},
+            },
+            "user": "ignored-extra-field",
+        }
+    )
+    assert [m.as_dict() for m in body.messages] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+    ]
+    assert body.token_limit() == 5
+    assert body.stop_list() == ["\n"]
+    assert body.output_schema() == {"type": "object"}
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"n": 3},
+        {"max_tokens": 0},
+        {"temperature": 5},
+        {"messages": []},
+        {"response_format": {"type": "json_schema"}},
+    ],
+)
+def test_chat_request_refusals(patch: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **patch})
+
+
+def test_completion_takes_exactly_one_prompt() -> None:
+    assert CompletionRequest.model_validate({"model": "m", "prompt": ["x"]}).prompt_text() == "x"
+    with pytest.raises(ValidationError, match="exactly one prompt"):
+        CompletionRequest.model_validate({"model": "m", "prompt": ["x", "y"]})
+
+
+def test_generate_request_is_strict_and_greedy_by_default() -> None:
+    body = GenerateRequest.model_validate({"input": "x", "schema": {"type": "string"}})
+    assert body.temperature == 0.0 and body.json_schema == {"type": "string"}
+    with pytest.raises(ValidationError, match="extra"):
+        GenerateRequest.model_validate({"input": "x", "shema": {}})
