@@ -21,7 +21,7 @@ STAMP := $(VENV)/.hotswap-installed-$(ENGINE)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test lint unit format clean-venv
+.PHONY: install model serve test lint unit format clean-venv prometheus
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: $(STAMP)
+
+# Prometheus and promtool for the alert-rule and live-scrape tests (Debian's package).
+# The package may enable a system service: it is stopped, tests start their own.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus && \
+	  { $(SUDO) systemctl disable --now prometheus 2>/dev/null || $(SUDO) service prometheus stop 2>/dev/null || true; }; }
 
 model: install
 	$(VENV)/bin/hotswap prepare-model
@@ -50,10 +59,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint model
+test: lint model prometheus
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
-unit: install
+unit: install prometheus
 	$(VENV)/bin/pytest -ra -m "not engine" $(PYTEST_ARGS)
 
 clean-venv:

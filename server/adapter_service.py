@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from adapters.registry import AdapterRegistry, AdapterSummary, RegisterResult
 from adapters.store import AdapterDetail, AdapterVersion
 from server.catalog import lora_target
 from server.engine import Engine
+from server.metrics import instruments as m
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class AdapterService:
                 self._registry.register, archive, name=name, description=description
             )
             if self._registry.get(result.adapter.name).promoted_version == result.adapter.version:
-                await self._engine.load_lora(lora_target(result.adapter))
+                await self._load(result.adapter)
             return result
 
     def list_adapters(self) -> list[AdapterSummary]:
@@ -52,17 +54,18 @@ class AdapterService:
     async def promote(self, name: str, version: int) -> AdapterVersion:
         """Load `name@version`, then make it the version the bare name serves."""
         async with self._changes:
-            target = self._registry.get_version(name, version)
-            await self._engine.load_lora(lora_target(target))
+            await self._load(self._registry.get_version(name, version))
             promoted = self._registry.promote(name, version)
+        m.ADAPTER_SWAPS.labels(name, "promote").inc()
         logger.info("Promoted %s@%d", name, version)
         return promoted
 
     async def rollback(self, name: str) -> AdapterVersion:
         """Load the previously promoted version, then promote it again."""
         async with self._changes:
-            await self._engine.load_lora(lora_target(self._registry.rollback_target(name)))
+            await self._load(self._registry.rollback_target(name))
             restored = self._registry.rollback(name)
+        m.ADAPTER_SWAPS.labels(name, "rollback").inc()
         logger.info("Rolled %s back to version %d", name, restored.version)
         return restored
 
@@ -77,4 +80,12 @@ class AdapterService:
         """After a restart, load up to `limit` promoted versions before serving."""
         promoted = [s for s in self._registry.list_adapters() if s.promoted_version is not None]
         for summary in promoted[:limit]:
-            await self._engine.load_lora(lora_target(self._registry.resolve(summary.name)))
+            await self._load(self._registry.resolve(summary.name))
+
+    async def _load(self, version: AdapterVersion) -> None:
+        """Load a version into the engine (timed, counted) before anything points at it."""
+        started = time.perf_counter()
+        await self._engine.load_lora(lora_target(version))
+        m.ADAPTER_LOAD_SECONDS.labels(version.name).observe(time.perf_counter() - started)
+        m.ADAPTER_LOADS.labels(version.name).inc()
+        m.ADAPTERS_LOADED.set(len(await self._engine.loaded_loras()))

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.admin_client import AdminClient
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 app = typer.Typer(help="hotswap: serve one base model with hot-swappable task adapters.")
 
@@ -29,6 +36,7 @@ def _parse_adapters(values: list[str]) -> dict[str, Path]:
 def serve(
     host: Annotated[str | None, typer.Option(help="HTTP bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
     base_model: Annotated[
         str | None, typer.Option(help="HF model folder or hub id (default: SmolLM2-135M).")
     ] = None,
@@ -37,7 +45,7 @@ def serve(
         list[str] | None, typer.Option(help="Serve a PEFT LoRA folder as NAME=PATH (repeatable).")
     ] = None,
 ) -> None:
-    """Start the server (HTTP API and /metrics) and its engine."""
+    """Start the server (HTTP API, gRPC API and /metrics) and its engine."""
     from server.http.app import run
 
     overrides: dict[str, object] = {
@@ -45,6 +53,7 @@ def serve(
         for key, value in {
             "host": host,
             "port": port,
+            "grpc_port": grpc_port,
             "base_model": base_model,
             "dtype": dtype,
         }.items()
@@ -66,6 +75,92 @@ def prepare_model(
     settings = Settings()
     model = resolve_base_model(base_model or settings.base_model, settings.home)
     typer.echo(f"{model.name}\t{model.path}\t{model.fingerprint}")
+
+
+adapters_app = typer.Typer(help="Manage the adapters of a running server.")
+app.add_typer(adapters_app, name="adapters")
+
+UrlOption = Annotated[str, typer.Option(envvar="HOTSWAP_URL", help="The server's base URL.")]
+KeyOption = Annotated[
+    str | None, typer.Option(envvar="HOTSWAP_API_KEY", help="An API key with the admin role.")
+]
+
+
+def _admin(url: str, api_key: str | None) -> AdminClient:
+    from server.admin_client import AdminClient
+
+    return AdminClient(url, api_key)
+
+
+def _print(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _run_admin(call: Callable[[], object]) -> None:
+    from server.admin_client import AdminError
+
+    try:
+        result = call()
+    except AdminError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if result is not None:
+        _print(result)
+
+
+@adapters_app.command("push")
+def adapters_push(
+    archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".tar.gz or .zip")],
+    name: Annotated[str | None, typer.Option(help="Adapter name (else the manifest's).")] = None,
+    description: Annotated[str | None, typer.Option(help="Free-form description.")] = None,
+    promote: Annotated[bool, typer.Option(help="Promote the uploaded version.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Upload an adapter archive; optionally promote the new version."""
+    client = _admin(url, api_key)
+
+    def push() -> object:
+        uploaded = client.push(archive, name, description)
+        if promote:
+            return client.promote(uploaded["name"], uploaded["version"])
+        return uploaded
+
+    _run_admin(push)
+
+
+@adapters_app.command("list")
+def adapters_list(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Every adapter with its versions and the promoted one."""
+    _run_admin(_admin(url, api_key).list)
+
+
+@adapters_app.command("show")
+def adapters_show(name: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """All versions of one adapter, with their manifests."""
+    _run_admin(lambda: _admin(url, api_key).show(name))
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    name: str, version: int, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None
+) -> None:
+    """Serve VERSION for the bare NAME (returns once it serves)."""
+    _run_admin(lambda: _admin(url, api_key).promote(name, version))
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(name: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Serve again the version promoted before the current one."""
+    _run_admin(lambda: _admin(url, api_key).rollback(name))
+
+
+@adapters_app.command("delete")
+def adapters_delete(
+    name: str, version: int, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None
+) -> None:
+    """Delete a version that is not promoted."""
+    _run_admin(lambda: _admin(url, api_key).delete(name, version))
 
 
 @app.callback()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,12 +140,13 @@ class Engine:
         llm = self._require()
         await llm.add_lora(LoRARequest(lora.name, lora.lora_int_id, str(lora.path)))
         prompt = self.tokenize("warm-up")
-        async for _ in self.generate(prompt, Sampling(max_tokens=1), f"warm-{lora.name}", lora):
+        request_id = f"warm-{lora.name}-{uuid.uuid4().hex}"
+        async for _ in self.generate(prompt, Sampling(max_tokens=1), request_id, lora):
             pass
 
-    async def unload_lora(self, lora_int_id: int) -> None:
-        """Drop an adapter from the engine (no-op when it is not loaded)."""
-        await self._require().remove_lora(lora_int_id)
+    async def loaded_loras(self) -> set[int]:
+        """Engine ids of the adapters the engine holds now."""
+        return set(await self._require().list_loras())
 
     async def generate(
         self,

@@ -38,3 +38,8 @@ class EngineUnavailable(HotswapError):
 class PayloadTooLarge(HotswapError):
     status = 413
     code = "payload_too_large"
+
+
+class QueueFull(HotswapError):
+    status = 429
+    code = "queue_full"

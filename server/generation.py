@@ -12,7 +12,10 @@ import jsonschema
 
 from server.catalog import ModelCatalog, ServedModel
 from server.engine import Chunk, Engine, Sampling
-from server.errors import InvalidRequest, PromptTooLong
+from server.errors import HotswapError, InvalidRequest, PromptTooLong, QueueFull
+from server.metrics.instruments import SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
+from server.metrics.labels import LabelTracker
+from server.metrics.requests import RequestRecorder, record_refusal
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class GenerationRequest:
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     json_schema: dict[str, Any] | None = None
+    protocol: str = "http"
+    route: str = "generate"
 
 
 @dataclass(frozen=True)
@@ -41,15 +46,19 @@ class PreparedRequest:
     model: ServedModel
     prompt_token_ids: list[int]
     sampling: Sampling
+    protocol: str
+    route: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class GenerationResult:
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
+    """What a request produced; filled in as its stream runs."""
+
     model: ServedModel
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     output: Any = None
     valid: bool | None = None
 
@@ -58,16 +67,43 @@ class GenerationService:
     """Turns `GenerationRequest`s into engine runs."""
 
     def __init__(
-        self, engine: Engine, catalog: ModelCatalog, max_model_len: int, default_max_tokens: int
+        self,
+        engine: Engine,
+        catalog: ModelCatalog,
+        max_model_len: int,
+        default_max_tokens: int,
+        max_in_flight: int,
+        labels: LabelTracker,
     ) -> None:
         self._engine = engine
         self._catalog = catalog
         self._max_model_len = max_model_len
         self._default_max_tokens = default_max_tokens
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._labels = labels
+        self._seen_models: set[str | None] = {None}
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Resolve, frame and budget a request; raises a `HotswapError` naming the problem."""
+        """Resolve, frame and budget a request; raises a `HotswapError` naming the problem
+        (and counts the refusal)."""
+        try:
+            return self._prepare(request)
+        except HotswapError as exc:
+            adapter = request.model if request.model in self._seen_models else UNKNOWN_ADAPTER
+            record_refusal(
+                adapter or self._catalog.base.name, request.protocol, request.route, exc.code
+            )
+            raise
+
+    def _prepare(self, request: GenerationRequest) -> PreparedRequest:
+        if self._in_flight >= self._max_in_flight:
+            raise QueueFull(
+                f"{self._in_flight} requests are in flight, the limit is {self._max_in_flight}; "
+                "retry later."
+            )
         model = self._catalog.resolve(request.model)
+        self._seen_models.add(request.model)
         schema = request.json_schema
         messages = request.messages
         if request.task_input is not None:
@@ -80,7 +116,11 @@ class GenerationService:
             if schema is None and task is not None:
                 schema = task.output_schema
         if schema is not None:
-            _check_schema(schema)
+            try:
+                _check_schema(schema)
+            except InvalidRequest:
+                SCHEMA_OUTCOMES.labels(model.name, "refused").inc()
+                raise
         if messages is not None:
             prompt_ids = self._engine.render_chat(messages)
         elif request.prompt is not None:
@@ -98,7 +138,13 @@ class GenerationService:
             stop=tuple(request.stop),
             json_schema=schema,
         )
-        return PreparedRequest(model=model, prompt_token_ids=prompt_ids, sampling=sampling)
+        return PreparedRequest(
+            model=model,
+            prompt_token_ids=prompt_ids,
+            sampling=sampling,
+            protocol=request.protocol,
+            route=request.route,
+        )
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
         limit = self._max_model_len
@@ -121,30 +167,56 @@ class GenerationService:
             )
         return max_tokens
 
-    def stream(self, prepared: PreparedRequest, request_id: str) -> AsyncIterator[Chunk]:
-        """The engine's chunks as they come; closing the iterator aborts the request."""
-        return self._engine.generate(
-            prepared.prompt_token_ids, prepared.sampling, request_id, prepared.model.lora
+    async def stream(
+        self, prepared: PreparedRequest, request_id: str, result: GenerationResult | None = None
+    ) -> AsyncIterator[Chunk]:
+        """The engine's chunks as they come; closing the iterator aborts the request. When the
+        stream ends, `result` (if given) holds the whole text, parsed and validated."""
+        result = result if result is not None else GenerationResult(model=prepared.model)
+        result.prompt_tokens = len(prepared.prompt_token_ids)
+        model = prepared.model
+        recorder = RequestRecorder(
+            model.name, str(model.version or ""), prepared.protocol, prepared.route
         )
+        parts: list[str] = []
+        status = "aborted"
+        self._in_flight += 1
+        try:
+            async for chunk in self._engine.generate(
+                prepared.prompt_token_ids, prepared.sampling, request_id, model.lora
+            ):
+                recorder.token(chunk.completion_tokens)
+                parts.append(chunk.text)
+                result.completion_tokens = chunk.completion_tokens
+                result.finish_reason = chunk.finish_reason
+                yield chunk
+            status = "ok"
+        except HotswapError as exc:
+            status = exc.code
+            raise
+        finally:
+            self._in_flight -= 1
+            recorder.finish(status, result.prompt_tokens, result.completion_tokens)
+        result.text = "".join(parts)
+        self._judge(prepared, result)
+
+    def _judge(self, prepared: PreparedRequest, result: GenerationResult) -> None:
+        """Parse and validate the output under a schema; count its outcome and labels."""
+        schema = prepared.sampling.json_schema
+        if schema is None:
+            return
+        result.output, result.valid = _parse_output(result.text, schema)
+        outcome = "valid" if result.valid else "invalid"
+        SCHEMA_OUTCOMES.labels(prepared.model.name, outcome).inc()
+        if result.valid:
+            self._labels.observe(prepared.model.name, prepared.model.task, result.output)
 
     async def complete(self, prepared: PreparedRequest, request_id: str) -> GenerationResult:
         """Run to the end and return the whole text (parsed and validated under a schema)."""
-        parts: list[str] = []
-        last: Chunk | None = None
-        async for chunk in self.stream(prepared, request_id):
-            parts.append(chunk.text)
-            last = chunk
-        text = "".join(parts)
-        output, valid = _parse_output(text, prepared.sampling.json_schema)
-        return GenerationResult(
-            text=text,
-            finish_reason=last.finish_reason if last else None,
-            prompt_tokens=len(prepared.prompt_token_ids),
-            completion_tokens=last.completion_tokens if last else 0,
-            model=prepared.model,
-            output=output,
-            valid=valid,
-        )
+        result = GenerationResult(model=prepared.model)
+        async for _ in self.stream(prepared, request_id, result):
+            pass
+        return result
 
 
 def _check_schema(schema: dict[str, Any]) -> None:
@@ -154,10 +226,8 @@ def _check_schema(schema: dict[str, Any]) -> None:
         raise InvalidRequest(f"The JSON Schema is invalid: {exc.message}") from exc
 
 
-def _parse_output(text: str, schema: dict[str, Any] | None) -> tuple[Any, bool | None]:
-    """(parsed document, valid) under a schema; (None, None) without one."""
-    if schema is None:
-        return None, None
+def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, bool]:
+    """(parsed document or None, whether it validates against `schema`)."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError:

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="HTTP bind address.")
     port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port.")
+    grpc_max_message_bytes: int = Field(
+        default=4 << 20, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
+    )
+    max_queued_requests: int = Field(
+        default=256, ge=1, description="Requests waiting or running at once; more get 429/503."
+    )
     dtype: Dtype = Field(
         default="auto", description="Weights dtype; `auto` is bfloat16 on CPU, the model's on GPU."
     )
@@ -51,6 +58,9 @@ class Settings(BaseSettings):
     )
     fast_cpu_lora: bool = Field(
         default=True, description="Use hotswap's segment-grouped LoRA kernels on CPU."
+    )
+    drift_window_size: int = Field(
+        default=200, ge=10, description="Labelled responses per adapter in the drift window."
     )
     seed: int = Field(default=0, description="Engine seed (requests may set their own).")
     shutdown_grace_s: float = Field(

@@ -10,8 +10,9 @@ import pytest
 from adapters.manifest import TaskSpec
 from server.catalog import ServedModel
 from server.engine import Chunk, LoraTarget, Sampling
-from server.errors import InvalidRequest, ModelNotFound, PromptTooLong
+from server.errors import InvalidRequest, ModelNotFound, PromptTooLong, QueueFull
 from server.generation import GenerationRequest, GenerationService
+from server.metrics.labels import LabelTracker
 
 
 class FakeEngine:
@@ -47,6 +48,8 @@ TASK = TaskSpec(
 class FakeCatalog:
     """The base, and one adapter `a` with a task."""
 
+    base = ServedModel("base", None, None)
+
     def resolve(self, ref: str | None) -> ServedModel:
         if ref in (None, "base"):
             return ServedModel("base", None, None)
@@ -55,9 +58,18 @@ class FakeCatalog:
         raise ModelNotFound(f"Unknown model {ref!r}. Available: base, a.")
 
 
-def service(reply: str = "hello", max_model_len: int = 100) -> tuple[GenerationService, FakeEngine]:
+def service(
+    reply: str = "hello", max_model_len: int = 100, max_in_flight: int = 8
+) -> tuple[GenerationService, FakeEngine]:
     engine = FakeEngine(reply)
-    gen = GenerationService(engine, FakeCatalog(), max_model_len, 16)  # type: ignore[arg-type]
+    gen = GenerationService(
+        engine,  # type: ignore[arg-type]
+        FakeCatalog(),  # type: ignore[arg-type]
+        max_model_len,
+        16,
+        max_in_flight,
+        LabelTracker(),
+    )
     return gen, engine
 
 
@@ -132,3 +144,14 @@ async def test_text_that_fails_the_schema_is_reported_invalid() -> None:
         gen.prepare(GenerationRequest(model=None, prompt="hi", json_schema=schema)), "r2"
     )
     assert result.output == {"n": "one"} and result.valid is False
+
+
+async def test_requests_over_the_in_flight_limit_are_refused() -> None:
+    gen, _ = service(max_in_flight=1)
+    running = gen.stream(gen.prepare(GenerationRequest(model=None, prompt="a")), "r1")
+    await running.__anext__()
+    with pytest.raises(QueueFull, match="limit is 1"):
+        gen.prepare(GenerationRequest(model=None, prompt="b"))
+    async for _ in running:
+        pass
+    gen.prepare(GenerationRequest(model=None, prompt="c"))

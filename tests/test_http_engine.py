@@ -80,7 +80,8 @@ def test_streaming_completion_yields_the_same_text_as_non_streaming(client: Open
 
 
 def test_models_lists_the_base_and_every_adapter(client: OpenAI) -> None:
-    assert {m.id for m in client.models.list()} == {BASE, "alpha", "beta"}
+    models = [m.id for m in client.models.list()]
+    assert models[0] == BASE and {"alpha", "beta"} <= set(models)
 
 
 def test_adapters_change_the_output(client: OpenAI) -> None:

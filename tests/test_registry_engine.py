@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +43,7 @@ def versions(base_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
                 "output_schema": INTENT_SCHEMA,
                 "labels": ["greeting", "complaint", "question"],
                 "label_field": "intent",
+                "reference_distribution": {"greeting": 0.5, "complaint": 0.25, "question": 0.25},
             },
         }
         archives.append(pack_adapter(folder, root / f"v{i}.tar.gz", manifest))
@@ -131,7 +135,7 @@ def test_upload_of_an_adapter_for_another_base_is_refused(
     manifest = {"name": "foreign", "base_model": "sha256:" + "0" * 64}
     archive = pack_adapter(versions[0].parent / "v1", tmp_path / "foreign.tar.gz", manifest)
     response = upload(server, archive)
-    assert response.status_code == 422 and "fingerprint" in response.text.lower()
+    assert response.status_code == 422 and "trained for base model" in response.text
 
 
 def test_unknown_adapter_is_a_404_naming_what_exists(server: RunningServer) -> None:
@@ -181,3 +185,50 @@ async def test_swap_under_load_fails_no_request(
             if timeline[i][0] <= received and sent <= timeline[i + 1][1]
         }
         assert version in possible, (sent, received, version, swaps)
+
+
+def test_metrics_and_stats_after_traffic(server: RunningServer) -> None:
+    """The traffic of the tests above shows in /metrics and in the stats endpoint."""
+    for text in ("hello", "my card is broken", "where is my money?"):
+        generate(server, "intent", text)
+    scrape = httpx.get(f"{server.url}/metrics").text
+    for needle in (
+        'hotswap_requests_total{adapter="intent",protocol="http",route="generate",status="ok",',
+        'hotswap_schema_outcomes_total{adapter="intent",outcome="valid"}',
+        'hotswap_labels_total{adapter="intent",label=',
+        'hotswap_drift_window_fill{adapter="intent"}',
+        'hotswap_time_to_first_token_seconds_bucket{adapter="intent",le="0.5",protocol="http"}',
+        'hotswap_requests_total{adapter="unknown",protocol="http",route="generate",'
+        'status="model_not_found",version=""}',
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+    ):
+        assert needle in scrape, needle
+    stats = httpx.get(f"{server.url}/v1/adapters/intent/stats").json()
+    assert stats["valid"] >= 3 and stats["invalid"] == 0 and stats["validity_rate"] == 1.0
+    assert sum(stats["labels"].values()) == stats["drift"]["window_count"] >= 3
+    assert set(stats["labels"]) <= {"greeting", "complaint", "question"}
+    assert 0 < stats["drift"]["window_fill"] <= 1
+    assert httpx.get(f"{server.url}/v1/adapters/nope/stats").status_code == 404
+
+
+def test_cli_pushes_promotes_and_lists(server: RunningServer, versions: list[Path]) -> None:
+    hotswap = Path(sys.executable).parent / "hotswap"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(hotswap), "adapters", *args, "--url", server.url],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    pushed = cli("push", str(versions[2]), "--name", "cli", "--promote")
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["version"] == 1
+    listing = json.loads(cli("list").stdout)
+    assert {"name": "cli", "promoted_version": 1, "versions": [1]}.items() <= next(
+        a for a in listing if a["name"] == "cli"
+    ).items()
+    refused = cli("delete", "cli", "1")
+    assert refused.returncode == 1 and "409" in refused.stderr and "promoted" in refused.stderr

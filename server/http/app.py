@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import make_asgi_app
+from prometheus_client import REGISTRY
 
 from adapters.archive import ArchiveLimits
 from adapters.base_spec import spec_from_hf_config
@@ -28,9 +28,10 @@ from server.catalog import ModelCatalog
 from server.engine import Engine
 from server.errors import HotswapError
 from server.generation import GenerationService
-from server.http.routes import adapters, generate, health, openai
+from server.http.routes import adapters, generate, health, openai, stats
 from server.http.sse import error_body
 from server.http.state import ServerState, require
+from server.metrics.labels import LabelTracker
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,18 @@ async def _start(app: FastAPI, settings: Settings) -> None:
         await _register_folder(service, name, folder)
     await service.warm_promoted(settings.max_loras)
     catalog = ModelCatalog(base.name, registry)
+    labels = LabelTracker(settings.drift_window_size)
+    REGISTRY.register(labels)
     generation = GenerationService(
-        engine, catalog, settings.max_model_len, settings.default_max_tokens
+        engine,
+        catalog,
+        settings.max_model_len,
+        settings.default_max_tokens,
+        settings.max_queued_requests,
+        labels,
     )
     app.state.hotswap = ServerState(
-        engine=engine, catalog=catalog, generation=generation, adapters=service
+        engine=engine, catalog=catalog, generation=generation, adapters=service, labels=labels
     )
 
 
@@ -87,12 +95,16 @@ _ADAPTER_ERROR_STATUS: dict[type[AdapterError], int] = {
 def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from server.grpc_api.server import start_grpc_server, stop_grpc_server
+
         app.state.hotswap = None
+        grpc_server = await start_grpc_server(settings, keys, lambda: app.state.hotswap)
         starting = asyncio.create_task(_start(app, settings))
         starting.add_done_callback(_stop_if_start_failed)
         try:
             yield
         finally:
+            await stop_grpc_server(grpc_server, settings.shutdown_grace_s)
             starting.cancel()
             state: ServerState | None = app.state.hotswap
             if state is not None:
@@ -126,8 +138,8 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router, dependencies=infer)
     app.include_router(generate.router, dependencies=infer)
+    app.include_router(stats.router, dependencies=infer)
     app.include_router(adapters.router, dependencies=[Depends(require(Role.ADMIN))])
-    app.mount("/metrics", make_asgi_app())
     return app
 
 

@@ -14,6 +14,7 @@ from server.catalog import ModelCatalog
 from server.engine import Engine
 from server.errors import EngineUnavailable
 from server.generation import GenerationService
+from server.metrics.labels import LabelTracker
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ServerState:
     catalog: ModelCatalog
     generation: GenerationService
     adapters: AdapterService
+    labels: LabelTracker
 
 
 def get_state(request: Request) -> ServerState:

@@ -27,6 +27,7 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    grpc_target: str = ""
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful), then SIGKILL if it does not exit in time; the exit code."""
@@ -47,7 +48,7 @@ def start_server(
     log: Path, *, home: Path, base_model: Path, args: list[str], env: dict[str, str] | None = None
 ) -> RunningServer:
     """`hotswap serve` with its registry in `home` and the prepared `base_model` folder."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     hotswap = Path(sys.executable).parent / "hotswap"
     env = {
         **os.environ,
@@ -58,12 +59,17 @@ def start_server(
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(hotswap), "serve", "--port", str(port), *args],
+            [str(hotswap), "serve", "--port", str(port), "--grpc-port", str(grpc_port), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
         )
-    running = RunningServer(process=process, url=f"http://127.0.0.1:{port}", log=log)
+    running = RunningServer(
+        process=process,
+        url=f"http://127.0.0.1:{port}",
+        log=log,
+        grpc_target=f"127.0.0.1:{grpc_port}",
+    )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

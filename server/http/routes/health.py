@@ -1,9 +1,10 @@
-"""Liveness and readiness probes."""
+"""Probes and the Prometheus scrape endpoint."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 router = APIRouter(tags=["health"])
 
@@ -21,3 +22,9 @@ async def readyz(request: Request) -> JSONResponse:
     if state is not None and state.engine.ready:
         return JSONResponse({"status": "ready", "base_model": state.engine.base.name})
     return JSONResponse({"status": "starting"}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus text format: hotswap_* metrics and vLLM's own engine metrics."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

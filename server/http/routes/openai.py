@@ -57,6 +57,7 @@ async def chat_completions(
             seed=body.seed,
             stop=body.stop_list(),
             json_schema=body.output_schema(),
+            route="chat.completions",
         )
     )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -128,6 +129,7 @@ async def completions(
             top_p=body.top_p,
             seed=body.seed,
             stop=body.stop_list(),
+            route="completions",
         )
     )
     request_id = f"cmpl-{uuid.uuid4().hex}"

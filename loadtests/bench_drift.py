@@ -1,0 +1,311 @@
+"""Quality of the drift alarm on BANKING77 labels: false alarms without shift, delay with shift.
+
+    .venv/bin/python loadtests/bench_drift.py           # defaults, about a minute
+    .venv/bin/python loadtests/bench_drift.py --long    # more seeds, and other window sizes
+
+The reference is the label distribution of BANKING77's training split. Label streams are test-split
+rows resampled so that their labels follow (a) the training distribution (no shift), or (b) a
+shift: a share s of the mass moved onto 5 intents drawn at random per seed,
+q = (1 - s) * p_train + s * uniform(5 intents).
+
+- False-alarm rate: each stream is warmed up with N labels, then cut into non-overlapping blocks of
+  N labels; drift is evaluated after every label, and a block counts as a false alarm if the alarm
+  fired at any point in it. The 95 % upper bound is Clopper–Pearson.
+- Detection delay: N unshifted labels fill the window, then shifted labels follow; the delay is the
+  number of shifted labels until the first alarm (evaluated after every label), or a miss after
+  `MAX_DELAY_WINDOWS * N`.
+
+Window counts for all evaluation points are computed at once from cumulative counts and fed to the
+statistics of `server.metrics.drift`; one stream is also replayed through `DriftMonitor` itself to
+check that both paths raise the same alarms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from scipy import special
+
+from server.metrics.drift import (
+    DEFAULT_THRESHOLDS,
+    DEFAULT_WINDOW_SIZE,
+    MIN_EXPECTED,
+    DriftMonitor,
+    ReferenceDistribution,
+    chi2_pvalue,
+    js_distance,
+    psi,
+    smoothed,
+)
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "banking77"
+SHIFTS = (0.2, 0.5, 0.8)
+SHIFTED_INTENTS = 5
+MAX_DELAY_WINDOWS = 5
+BLOCKS_PER_STREAM = 50
+PSI_RULE_OF_THUMB = 0.25
+DEFAULT_RUN = {"false_alarm_streams": 200, "detection_seeds": 200, "null_windows": 200_000}
+LONG_RUN = {"false_alarm_streams": 1000, "detection_seeds": 1000, "null_windows": 2_000_000}
+LONG_WINDOWS = (100, 150, 200, 300, 500)
+
+Bins = npt.NDArray[np.int64]
+"""A label stream, as reference bin indices."""
+Counts = npt.NDArray[np.int32]
+"""Window counts, one row per window, one column per reference bin."""
+Alarm = Callable[[Counts], npt.NDArray[np.bool_]]
+"""Alarm rule: window counts (rows of full windows) -> whether each row raises the alarm."""
+
+
+@dataclass(frozen=True)
+class Banking77:
+    """Reference from the training split, and the test split's labels as bin indices."""
+
+    reference: ReferenceDistribution
+    test_bins: Bins
+
+
+def load_banking77(folder: Path) -> Banking77:
+    """Read categories.json, train.csv and test.csv; exit with a message if they are absent."""
+    paths = [folder / name for name in ("categories.json", "train.csv", "test.csv")]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        sys.exit(f"BANKING77 not found: missing {', '.join(missing)} (expected in {folder})")
+    categories: list[str] = json.loads(paths[0].read_text())
+    train = Counter(_categories(paths[1]))
+    unknown = set(train) - set(categories)
+    if unknown:
+        sys.exit(f"train.csv has categories outside categories.json: {sorted(unknown)}")
+    total = sum(train.values())
+    reference = ReferenceDistribution({label: train[label] / total for label in categories})
+    test_bins = np.array([reference.index(label) for label in _categories(paths[2])])
+    return Banking77(reference=reference, test_bins=test_bins)
+
+
+def _categories(path: Path) -> list[str]:
+    with path.open(newline="") as handle:
+        return [row["category"] for row in csv.DictReader(handle)]
+
+
+def sample_stream(
+    data: Banking77, target: npt.NDArray[np.float64], size: int, rng: np.random.Generator
+) -> Bins:
+    """Test rows drawn so that their labels follow `target` (over the reference bins)."""
+    per_bin = np.bincount(data.test_bins, minlength=len(target))
+    weights = target[data.test_bins] / per_bin[data.test_bins]
+    rows = rng.choice(len(data.test_bins), size=size, p=weights / weights.sum())
+    return data.test_bins[rows]
+
+
+def shifted(
+    reference: npt.NDArray[np.float64], share: float, rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
+    """`share` of the mass moved onto `SHIFTED_INTENTS` named labels drawn at random."""
+    targets = rng.choice(len(reference) - 1, size=SHIFTED_INTENTS, replace=False)
+    moved = np.zeros_like(reference)
+    moved[targets] = share / SHIFTED_INTENTS
+    return (1.0 - share) * reference + moved
+
+
+def full_windows(stream: Bins, bins: int, window: int) -> Counts:
+    """Counts of every full window of the stream: row j covers labels j .. j + window - 1."""
+    cumulative = np.zeros((len(stream) + 1, bins), dtype=np.int32)
+    np.cumsum(np.eye(bins, dtype=np.int32)[stream], axis=0, out=cumulative[1:])
+    return cumulative[window:] - cumulative[:-window]
+
+
+def chi2_rule(reference: npt.NDArray[np.float64], window: int, min_expected: float) -> Alarm:
+    """The default alarm (pooled chi-square below the Bonferroni level); min_expected=0: plain."""
+    level = DEFAULT_THRESHOLDS.test_level(window)
+    return lambda counts: chi2_pvalue(counts, reference, min_expected) < level
+
+
+def psi_rule(reference: npt.NDArray[np.float64], threshold: float) -> Alarm:
+    """The industry rule of thumb: PSI of the smoothed window above a fixed threshold."""
+    return lambda counts: psi(reference, smoothed(counts)) > threshold
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the result table: one alarm rule at one window size."""
+
+    rule: str
+    window: int
+    false_alarms: int
+    blocks: int
+    delays: dict[float, npt.NDArray[np.float64]]
+
+
+def false_alarms(
+    data: Banking77, alarms: list[Alarm], window: int, streams: int, seed: int
+) -> list[int]:
+    """Blocks with an alarm, per rule, over `streams` unshifted streams of `BLOCKS_PER_STREAM`."""
+    rng = np.random.default_rng(seed)
+    p = data.reference.probabilities
+    fired = [0] * len(alarms)
+    for _ in range(streams):
+        stream = sample_stream(data, p, window * (BLOCKS_PER_STREAM + 1), rng)
+        counts = full_windows(stream, len(p), window)[1:]
+        for i, alarm in enumerate(alarms):
+            blocks = alarm(counts).reshape(BLOCKS_PER_STREAM, window)
+            fired[i] += int(blocks.any(axis=1).sum())
+    return fired
+
+
+def detection_delays(
+    data: Banking77, alarms: list[Alarm], window: int, share: float, seeds: int, seed: int
+) -> npt.NDArray[np.float64]:
+    """Shifted labels until the first alarm, per rule and seed (inf when missed)."""
+    rng = np.random.default_rng(seed)
+    p = data.reference.probabilities
+    delays = np.full((len(alarms), seeds), np.inf)
+    for seed_index in range(seeds):
+        before = sample_stream(data, p, window, rng)
+        after = sample_stream(data, shifted(p, share, rng), MAX_DELAY_WINDOWS * window, rng)
+        counts = full_windows(np.concatenate([before, after]), len(p), window)[1:]
+        for i, alarm in enumerate(alarms):
+            fired = alarm(counts)
+            if fired.any():
+                delays[i, seed_index] = float(np.argmax(fired) + 1)
+    return delays
+
+
+def measure(
+    data: Banking77, rules: dict[str, Alarm], window: int, run: dict[str, int], seed: int
+) -> list[Row]:
+    """False alarms and detection delays of alarm rules at one window size, on shared streams."""
+    alarms = list(rules.values())
+    streams = run["false_alarm_streams"]
+    fired = false_alarms(data, alarms, window, streams, seed)
+    delays = {
+        share: detection_delays(data, alarms, window, share, run["detection_seeds"], seed + 1)
+        for share in SHIFTS
+    }
+    return [
+        Row(
+            rule=name,
+            window=window,
+            false_alarms=fired[i],
+            blocks=streams * BLOCKS_PER_STREAM,
+            delays={share: delays[share][i] for share in SHIFTS},
+        )
+        for i, name in enumerate(rules)
+    ]
+
+
+def null_check(data: Banking77, window: int, samples: int, seed: int) -> str:
+    """On independent unshifted windows: how often p falls below a level, and PSI / JS spread."""
+    rng = np.random.default_rng(seed)
+    p = data.reference.probabilities
+    levels = (1e-2, 1e-3, DEFAULT_THRESHOLDS.test_level(window))
+    below = np.zeros((2, len(levels)))
+    psis, distances = [], []
+    for chunk in np.array_split(np.arange(samples), max(1, samples // 100_000)):
+        counts = rng.multinomial(window, p, size=len(chunk))
+        for row, min_expected in enumerate((MIN_EXPECTED, 0.0)):
+            pvalues = chi2_pvalue(counts, p, min_expected)
+            below[row] += [np.sum(pvalues < level) for level in levels]
+        psis.append(psi(p, smoothed(counts)))
+        distances.append(js_distance(p, counts / window))
+    lines = [
+        "| chi-square p-value | " + " | ".join(f"P(p < {level:.0e})" for level in levels) + " |",
+        "|---|" + "---|" * len(levels),
+    ]
+    for row, name in enumerate((f"pooled, expected >= {MIN_EXPECTED:g}", "plain, 78 bins")):
+        cells = [f"{count / samples:.2e}" for count in below[row]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, values in (("PSI", psis), ("JS distance", distances)):
+        median, p99 = np.quantile(np.concatenate(values), [0.5, 0.99])
+        lines.append(f"\n{name} without shift, N = {window}: median {median:.3f}, p99 {p99:.3f}")
+    return "\n".join(lines)
+
+
+def check_monitor_agrees(data: Banking77, window: int, seed: int) -> None:
+    """Replay one shifted stream through `DriftMonitor`; its alarms must match the batch path."""
+    rng = np.random.default_rng(seed)
+    p = data.reference.probabilities
+    stream = np.concatenate(
+        [
+            sample_stream(data, p, window, rng),
+            sample_stream(data, shifted(p, 0.5, rng), window, rng),
+        ]
+    )
+    monitor = DriftMonitor(data.reference, window_size=window)
+    replayed = []
+    for bin_index in stream:
+        monitor.observe(data.reference.labels[bin_index])
+        replayed.append(monitor.status().drifted)
+    batch = chi2_rule(p, window, MIN_EXPECTED)(full_windows(stream, len(p), window))
+    if replayed[window - 1 :] != batch.tolist() or any(replayed[: window - 1]):
+        sys.exit("DriftMonitor and the batch computation disagree: the benchmark is invalid")
+
+
+def format_table(rows: list[Row]) -> str:
+    """Markdown table of the rows."""
+    shift_headers = [f"{share:.0%} shift: median / p90 / missed" for share in SHIFTS]
+    header = ["rule", "N", "false-alarm windows", "rate (95 % upper)", *shift_headers]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        upper = special.betaincinv(row.false_alarms + 1, row.blocks - row.false_alarms, 0.95)
+        cells = [
+            row.rule,
+            str(row.window),
+            f"{row.false_alarms} / {row.blocks}",
+            f"{row.false_alarms / row.blocks:.2%} ({upper:.2%})",
+            *(_delay_cell(row.delays[share]) for share in SHIFTS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _delay_cell(delays: npt.NDArray[np.float64]) -> str:
+    median, p90 = np.quantile(delays, [0.5, 0.9], method="inverted_cdf")
+    missed = float(np.isinf(delays).mean())
+    return f"{_count(median)} / {_count(p90)} / {missed:.0%}"
+
+
+def _count(value: float) -> str:
+    return "miss" if np.isinf(value) else str(int(value))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--long", action="store_true", help="more seeds and other window sizes")
+    parser.add_argument("--data", type=Path, default=DATA_DIR, help="BANKING77 folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    data = load_banking77(args.data)
+    p = data.reference.probabilities
+    run = LONG_RUN if args.long else DEFAULT_RUN
+    check_monitor_agrees(data, DEFAULT_WINDOW_SIZE, args.seed)
+    rows: list[Row] = []
+    for window in LONG_WINDOWS if args.long else (DEFAULT_WINDOW_SIZE,):
+        rules = {"chi2 pooled (default)": chi2_rule(p, window, MIN_EXPECTED)}
+        if window == DEFAULT_WINDOW_SIZE:
+            rules["chi2 plain, 78 bins"] = chi2_rule(p, window, 0.0)
+            rules[f"PSI > {PSI_RULE_OF_THUMB}"] = psi_rule(p, PSI_RULE_OF_THUMB)
+        rows += measure(data, rules, window, run, args.seed)
+    print(format_table(rows))
+    print()
+    print(null_check(data, DEFAULT_WINDOW_SIZE, run["null_windows"], args.seed + 2))
+    print(
+        f"\nreference: BANKING77 train ({len(p) - 1} intents + {data.reference.labels[-1]}); "
+        f"{run['false_alarm_streams'] * BLOCKS_PER_STREAM} windows without shift, "
+        f"{run['detection_seeds']} seeds per shift, chi-square level "
+        f"{DEFAULT_THRESHOLDS.false_alarm_per_window:.0%} / N per evaluation; seed {args.seed}; "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Server metrics: Prometheus series and the statistics behind them (label drift per adapter)."""

@@ -1,0 +1,79 @@
+"""Every hotswap_* Prometheus metric, defined once. Labels stay bounded: adapter names come
+from the registry (unknown names are counted as `unknown`), never request text or ids."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+UNKNOWN_ADAPTER = "unknown"
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+REQUESTS = Counter(
+    "hotswap_requests_total",
+    "Inference requests by adapter, version, protocol, route and outcome.",
+    ["adapter", "version", "protocol", "route", "status"],
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "hotswap_requests_in_flight", "Inference requests running in the engine now."
+)
+REQUESTS_ABORTED = Counter(
+    "hotswap_requests_aborted_total",
+    "Requests stopped before the end (client gone, deadline, cancel).",
+    ["adapter", "protocol"],
+)
+REQUEST_SECONDS = Histogram(
+    "hotswap_request_duration_seconds",
+    "End-to-end time of an inference request in the engine.",
+    ["adapter", "protocol", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+TTFT_SECONDS = Histogram(
+    "hotswap_time_to_first_token_seconds",
+    "Time from a request's start to its first output token.",
+    ["adapter", "protocol"],
+    buckets=_LATENCY_BUCKETS,
+)
+TPOT_SECONDS = Histogram(
+    "hotswap_time_per_output_token_seconds",
+    "Mean time per output token after the first, per request.",
+    ["adapter", "protocol"],
+    buckets=_TOKEN_LATENCY_BUCKETS,
+)
+PROMPT_TOKENS = Counter(
+    "hotswap_prompt_tokens_total", "Prompt tokens processed.", ["adapter", "protocol"]
+)
+COMPLETION_TOKENS = Counter(
+    "hotswap_completion_tokens_total", "Output tokens generated.", ["adapter", "protocol"]
+)
+SCHEMA_OUTCOMES = Counter(
+    "hotswap_schema_outcomes_total",
+    "Requests with a JSON Schema by outcome: valid, invalid, retried, refused (before "
+    "generation). Validity rate: valid / (valid + invalid).",
+    ["adapter", "outcome"],
+)
+LABELS = Counter(
+    "hotswap_labels_total",
+    "Labels produced per adapter, one series per label of its manifest plus __other__.",
+    ["adapter", "label"],
+)
+ADAPTER_LOADS = Counter(
+    "hotswap_adapter_loads_total",
+    "Adapter versions loaded into the engine (promotions, rollbacks, uploads, start-up).",
+    ["adapter"],
+)
+ADAPTER_LOAD_SECONDS = Histogram(
+    "hotswap_adapter_load_seconds",
+    "Time to load an adapter version into the engine and serve its first token.",
+    ["adapter"],
+    buckets=_LATENCY_BUCKETS,
+)
+ADAPTER_SWAPS = Counter(
+    "hotswap_adapter_swaps_total",
+    "Changes of the version an adapter name serves.",
+    ["adapter", "kind"],
+)
+ADAPTERS_LOADED = Gauge(
+    "hotswap_adapters_loaded", "Adapter versions the engine holds (GPU/CPU slots and cache)."
+)

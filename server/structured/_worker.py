@@ -1,0 +1,107 @@
+"""Compile worker: a child process that compiles schemas exactly as vLLM's outlines backend does.
+
+Started by `CompileGuard` as `python -m server.structured._worker VOCAB_FILE MEMORY_MB PARENT_PID`.
+Protocol: one JSON object per line. The worker first answers `{"ready": ...}`; then for each
+request `{"id": N, "schema": "<schema as json.dumps wrote it>"}` it answers `{"id": N, "ok": ...}`.
+Its address space is capped with RLIMIT_AS before anything is loaded, and it dies with its
+parent (PR_SET_PDEATHSIG), so a runaway compilation can only kill this process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server.structured.budget import regex_budget
+from server.structured.errors import RefusalReason, SchemaRefusedError
+from server.structured.vocabulary import load_vocabulary
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _send(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def compile_schema(schema_json: str, vocabulary: Any) -> dict[str, Any]:
+    """What vLLM's `OutlinesBackend.compile_grammar` does for a JSON schema, timed and measured."""
+    import outlines_core
+    from outlines_core.json_schema import build_regex_from_schema
+
+    started = time.perf_counter()
+    try:
+        regex = build_regex_from_schema(schema_json)
+    except ValueError as exc:
+        return _refused(RefusalReason.UNSUPPORTED, f"outlines cannot build a regex: {exc}")
+    try:
+        budget = regex_budget(regex)  # also vLLM's check that Python's `re` can parse it
+    except SchemaRefusedError as exc:
+        return _refused(exc.reason, exc.message)
+    regex_s = time.perf_counter() - started
+    try:
+        outlines_core.Index(regex, vocabulary)
+    except MemoryError:
+        return _refused(RefusalReason.MEMORY, "compiling the grammar ran out of memory")
+    except ValueError as exc:
+        return _refused(RefusalReason.UNSUPPORTED, f"outlines cannot index the regex: {exc}")
+    total = time.perf_counter() - started
+    return {
+        "ok": True,
+        "compile_s": total,
+        "regex_s": regex_s,
+        "regex_length": len(regex),
+        "max_chars": budget.max_chars,
+        "max_bytes": budget.max_bytes,
+    }
+
+
+def _refused(reason: RefusalReason, message: str) -> dict[str, Any]:
+    return {"ok": False, "reason": reason.value, "message": message}
+
+
+def main(argv: list[str]) -> int:
+    vocab_file, memory_mb, parent_pid = Path(argv[0]), int(argv[1]), int(argv[2])
+    _die_with_parent(parent_pid)
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    sys.setrecursionlimit(20_000)
+    started = time.perf_counter()
+    try:
+        vocabulary = load_vocabulary(vocab_file)
+    except (OSError, ValueError, KeyError, MemoryError) as exc:
+        _send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    _send({"ready": True, "load_s": time.perf_counter() - started, "pid": os.getpid()})
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = compile_schema(request["schema"], vocabulary)
+        except MemoryError:
+            _send({"id": request["id"], **_refused(RefusalReason.MEMORY, "out of memory")})
+            return 3  # the heap may be in a bad state: let the guard start a fresh worker
+        except RecursionError:
+            answer = _refused(RefusalReason.TOO_DEEP, "the grammar nests too deeply")
+        _send({"id": request["id"], **answer})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

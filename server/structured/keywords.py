@@ -1,0 +1,341 @@
+"""Which schema keywords the grammar cannot enforce, and validation of generated documents.
+
+A document decoded under the bounded grammar is always well-formed JSON of the right shape,
+but some keywords have no regex counterpart in outlines (numeric bounds, uniqueness,
+conditionals, ...): for schemas that use them the server validates the document with
+`validate_document` (the schema's own `$schema` draft, Draft 2020-12 by default, formats
+checked) and retries or answers 422 naming them. Validation is cheap; running it on every
+structured answer is a sound default and costs well under a millisecond for typical documents.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import referencing.exceptions
+from jsonschema import FormatChecker
+from jsonschema.protocols import Validator
+
+from server.structured.bounds import resolve_pointer
+from server.structured.errors import RefusalReason, SchemaRefusedError
+from server.structured.limits import SchemaLimits
+
+# Keyword -> why the grammar cannot enforce it. Reported as found, with where.
+NEVER_ENFORCED: dict[str, str] = {
+    "minimum": "outlines ignores numeric bounds",
+    "maximum": "outlines ignores numeric bounds",
+    "exclusiveMinimum": "outlines ignores numeric bounds",
+    "exclusiveMaximum": "outlines ignores numeric bounds",
+    "multipleOf": "outlines ignores multipleOf",
+    "uniqueItems": "a regex cannot compare array items",
+    "contains": "outlines ignores contains",
+    "minContains": "outlines ignores contains",
+    "maxContains": "outlines ignores contains",
+    "not": "a regex cannot express negation of a subschema here",
+    "if": "outlines ignores conditionals",
+    "then": "outlines ignores conditionals",
+    "else": "outlines ignores conditionals",
+    "patternProperties": "outlines ignores patternProperties",
+    "propertyNames": "outlines ignores propertyNames",
+    "dependentRequired": "outlines ignores dependencies",
+    "dependentSchemas": "outlines ignores dependencies",
+    "dependencies": "outlines ignores dependencies",
+    "unevaluatedProperties": "outlines ignores unevaluated*",
+    "unevaluatedItems": "outlines ignores unevaluated*",
+    "oneOf": "outlines treats oneOf as anyOf (exclusivity unchecked)",
+    "allOf": "allOf is merged into one subschema, approximately for additionalProperties",
+    "$dynamicRef": "dynamic references are not followed",
+    "$recursiveRef": "dynamic references are not followed",
+}
+# Formats whose bounded regex accepts only valid values (others: shape only, or nothing).
+EXACT_FORMATS = frozenset(
+    {"uuid", "email", "idn-email", "hostname", "idn-hostname", "ipv4", "ipv6"}
+    | {"uri", "iri", "uri-reference", "iri-reference", "url"}
+)
+_NUMERIC = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SUBSCHEMA_SINGLE = (
+    "items",
+    "additionalItems",
+    "additionalProperties",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
+
+
+@dataclass(frozen=True)
+class UnenforcedKeyword:
+    """A keyword the grammar does not enforce, where it is (JSON pointer) and why."""
+
+    keyword: str
+    location: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """Result of validating one generated document against the user's schema."""
+
+    valid: bool
+    errors: tuple[str, ...] = ()
+    document: Any = field(default=None, compare=False)
+
+
+def find_unenforced(
+    schema: dict[str, Any] | bool, limits: SchemaLimits | None = None
+) -> list[UnenforcedKeyword]:
+    """Every use of a keyword the bounded grammar does not enforce, in document order."""
+    if not isinstance(schema, dict):
+        return []
+    limits = limits or SchemaLimits()
+    found = list(_walk(schema, "#", limits))
+    if _has_recursive_ref(schema):
+        found.append(
+            UnenforcedKeyword(
+                "$ref", "#", "recursive $ref is unrolled only 3 levels; deeper parts are dropped"
+            )
+        )
+    return found
+
+
+def unenforced_keywords(
+    schema: dict[str, Any] | bool, limits: SchemaLimits | None = None
+) -> list[str]:
+    """Sorted names of the keywords `schema` uses that the grammar does not enforce."""
+    return sorted({item.keyword for item in find_unenforced(schema, limits)})
+
+
+def validator_for(schema: dict[str, Any] | bool) -> type[Validator]:
+    """The validator class for the schema's `$schema` draft (Draft 2020-12 when absent)."""
+    cls: type[Validator] = jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator
+    )
+    return cls
+
+
+def check_schema(schema: Any) -> None:
+    """Refuse (INVALID_SCHEMA) a schema that is not valid under its own draft's meta-schema."""
+    if not isinstance(schema, (dict, bool)):
+        raise SchemaRefusedError(RefusalReason.INVALID_SCHEMA, "the schema must be a JSON object")
+    try:
+        validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise SchemaRefusedError(
+            RefusalReason.INVALID_SCHEMA, f"invalid JSON Schema at {where}: {exc.message}"
+        ) from exc
+    except RecursionError as exc:
+        raise SchemaRefusedError(RefusalReason.TOO_DEEP, "the schema nests too deeply") from exc
+
+
+def validate_document(
+    schema: dict[str, Any] | bool, text: str, max_errors: int = 10
+) -> ValidationOutcome:
+    """Parse `text` as JSON and validate it against `schema` with the right draft and formats."""
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        return ValidationOutcome(False, (f"not valid JSON: {exc}",))
+    cls = validator_for(schema)
+    validator = cls(schema, format_checker=_format_checker(cls))
+    errors: list[str] = []
+    try:
+        for error in validator.iter_errors(document):
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            errors.append(f"{where}: {error.message}")
+            if len(errors) >= max_errors:
+                break
+    except (referencing.exceptions.Unresolvable, RecursionError) as exc:
+        errors.append(f"schema could not be applied: {exc}")
+    return ValidationOutcome(not errors, tuple(errors), document)
+
+
+# -- unenforced keywords ------------------------------------------------------------------
+def _walk(node: Any, where: str, limits: SchemaLimits) -> Iterator[UnenforcedKeyword]:
+    if not isinstance(node, dict):
+        return
+    small_integer_enum = _small_integer_range(node, limits)
+    for keyword, reason in NEVER_ENFORCED.items():
+        if keyword not in node:
+            continue
+        if keyword in _NUMERIC and (small_integer_enum or "enum" in node or "const" in node):
+            continue
+        if keyword == "uniqueItems" and node[keyword] is not True:
+            continue
+        if keyword == "allOf" and isinstance(node[keyword], list) and len(node[keyword]) <= 1:
+            continue
+        yield UnenforcedKeyword(keyword, where, reason)
+    yield from _string_rules(node, where)
+    yield from _container_rules(node, where)
+    for key in _SUBSCHEMA_MAPS:
+        value = node.get(key)
+        if isinstance(value, dict):
+            for name, sub in value.items():
+                yield from _walk(sub, f"{where}/{key}/{_escape(name)}", limits)
+    for key in _SUBSCHEMA_LISTS:
+        value = node.get(key)
+        if isinstance(value, list):
+            for index, sub in enumerate(value):
+                yield from _walk(sub, f"{where}/{key}/{index}", limits)
+    for key in _SUBSCHEMA_SINGLE:
+        if key in node:
+            value = node[key]
+            if isinstance(value, list):  # draft-4 tuple `items`
+                for index, sub in enumerate(value):
+                    yield from _walk(sub, f"{where}/{key}/{index}", limits)
+            else:
+                yield from _walk(value, f"{where}/{key}", limits)
+
+
+def _string_rules(node: dict[str, Any], where: str) -> Iterator[UnenforcedKeyword]:
+    fmt = node.get("format")
+    has_pattern = isinstance(node.get("pattern"), str)
+    if isinstance(fmt, str) and (has_pattern or fmt not in EXACT_FORMATS):
+        yield UnenforcedKeyword(
+            "format", where, "pattern takes precedence" if has_pattern else f"{fmt!r} shape only"
+        )
+    if has_pattern or isinstance(fmt, str):
+        for keyword in ("minLength", "maxLength"):
+            if keyword in node:
+                yield UnenforcedKeyword(keyword, where, "lengths are not combined with a pattern")
+
+
+def _container_rules(node: dict[str, Any], where: str) -> Iterator[UnenforcedKeyword]:
+    prefix = node.get("prefixItems")
+    if not isinstance(prefix, list):
+        prefix = node.get("items") if isinstance(node.get("items"), list) else None
+    if prefix is not None:
+        if isinstance(node.get("minItems"), int) and node["minItems"] > len(prefix):
+            yield UnenforcedKeyword("minItems", where, "tuples are generated at their exact length")
+        if isinstance(node.get("maxItems"), int) and node["maxItems"] < len(prefix):
+            yield UnenforcedKeyword("maxItems", where, "tuples are generated at their exact length")
+    if isinstance(node.get("properties"), dict) and node["properties"]:
+        for keyword in ("minProperties", "maxProperties"):
+            if keyword in node:
+                yield UnenforcedKeyword(keyword, where, "outlines ignores it beside properties")
+
+
+def _small_integer_range(node: dict[str, Any], limits: SchemaLimits) -> bool:
+    if node.get("type") != "integer":
+        return False
+    low = node.get("minimum", node.get("exclusiveMinimum"))
+    high = node.get("maximum", node.get("exclusiveMaximum"))
+    if low is None or high is None or not (_is_number(low) and _is_number(high)):
+        return False
+    return bool(high - low < limits.max_integer_enum)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _has_recursive_ref(root: dict[str, Any]) -> bool:
+    """Whether following `$ref`s from the root can come back to a subschema already open."""
+
+    def visit(node: Any, open_refs: frozenset[str]) -> bool:
+        if isinstance(node, list):
+            return any(visit(item, open_refs) for item in node)
+        if not isinstance(node, dict):
+            return False
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            if ref in open_refs:
+                return True
+            try:
+                target = resolve_pointer(root, ref)
+            except SchemaRefusedError:
+                return False
+            if visit(target, open_refs | {ref}):
+                return True
+        return any(
+            visit(value, open_refs)
+            for key, value in node.items()
+            if key not in ("$defs", "definitions", "enum", "const", "examples", "default")
+        )
+
+    return visit(root, frozenset())
+
+
+def _escape(name: str) -> str:
+    return name.replace("~", "~0").replace("/", "~1")
+
+
+# -- validation ---------------------------------------------------------------------------
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_RFC3339_TIME = re.compile(
+    r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def _check_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if not _RFC3339_TIME.match(value):
+        return False
+    time.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00").replace(":60", ":59"))
+    return True
+
+
+def _check_date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    date_part, sep, time_part = value.partition("T") if "T" in value else value.partition("t")
+    if not sep or not _check_time(time_part):
+        return False
+    datetime.strptime(date_part, "%Y-%m-%d")
+    return True
+
+
+def _check_uri(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    parts = urlsplit(value)
+    return bool(parts.scheme) and not any(c.isspace() for c in value)
+
+
+def _check_hostname(value: object) -> bool:
+    return not isinstance(value, str) or bool(_HOSTNAME.match(value))
+
+
+_FALLBACK_CHECKS = {
+    "date-time": _check_date_time,
+    "time": _check_time,
+    "uri": _check_uri,
+    "iri": _check_uri,
+    "hostname": _check_hostname,
+}
+_CHECKERS: dict[type[Any], FormatChecker] = {}
+
+
+def _format_checker(cls: type[Validator]) -> FormatChecker:
+    """The draft's own format checker, plus fallbacks for formats whose extras are missing."""
+    checker = _CHECKERS.get(cls)
+    if checker is None:
+        checker = FormatChecker(formats=())
+        checker.checkers = dict(cls.FORMAT_CHECKER.checkers)
+        for name, check in _FALLBACK_CHECKS.items():
+            if name not in checker.checkers:
+                checker.checks(name, raises=ValueError)(check)
+        _CHECKERS[cls] = checker
+    return checker

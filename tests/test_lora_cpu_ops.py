@@ -1,0 +1,399 @@
+"""The segment-grouped CPU LoRA ops against vLLM's torch reference ops, on random tensors.
+
+vLLM's reference indexes the weight stacks with the row's slot, so a base-model row (slot -1)
+reads the *last* slot. To compare like with like, the reference gets the stacks with one extra
+all-zero slot appended: slot -1 then contributes nothing, which is what a base row must get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from vllm.lora.layers import LoRAMapping
+from vllm.lora.ops.torch_ops import (
+    bgmv_expand,
+    bgmv_expand_slice,
+    bgmv_shrink,
+    sgmv_expand,
+    sgmv_shrink,
+)
+from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+from vllm.lora.punica_wrapper.utils import compute_meta
+
+from server.lora_cpu import ops
+from server.lora_cpu.punica import SegmentedPunicaWrapperCPU
+
+HIDDEN = 64
+RANK = 8
+SLOTS = 4
+
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2)}
+
+
+def _runs(*runs: tuple[int, int]) -> list[int]:
+    """Per-row slots from `(slot, length)` runs, e.g. a prefill batch of several prompts."""
+    return [slot for slot, length in runs for _ in range(length)]
+
+
+BATCHES: dict[str, list[int]] = {
+    # prefill: each prompt's tokens together, varied lengths, base prompts in between
+    "prefill_mixed": _runs((0, 7), (-1, 5), (2, 13), (1, 1), (-1, 3), (2, 4), (3, 9)),
+    # decode: one token per sequence, adapters interleaved
+    "decode_mixed": [0, -1, 3, 1, 0, 2, -1, 3, 3, 1, 0, -1, 2, 2, 0, 1],
+    # slots 1 and 2 unused: empty segments between used ones
+    "empty_segments": _runs((0, 3), (-1, 2), (3, 6), (0, 2)),
+    "one_adapter": _runs((2, 11)),
+    "one_adapter_with_base": _runs((-1, 4), (1, 6), (-1, 3)),
+    "all_base": _runs((-1, 9)),
+    "single_row": [3],
+    # one long prompt next to decode rows: the per-segment layout is the one `auto` picks
+    "long_prompt_and_decode": [*_runs((1, 700)), 0, 3, -1, 2, 3],
+}
+LAYOUTS: tuple[ops.Layout, ...] = ("auto", "padded", "segments")
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    """Close within the tolerance of `dtype` (the inputs' dtype; by default `expected`'s)."""
+    rtol, atol = TOLERANCE[dtype or expected.dtype]
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def _with_zero_slot(stacked: torch.Tensor) -> torch.Tensor:
+    """The stack with an all-zero slot appended, which vLLM's reference reads for slot -1."""
+    return torch.cat([stacked, torch.zeros_like(stacked[:1])])
+
+
+def _prefill_meta(
+    indices: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int]:
+    starts, lengths, slots, batches, max_len, tokens, _ = compute_meta(indices)
+    return starts, lengths, slots, batches, max_len, tokens
+
+
+@dataclass
+class Case:
+    """Random inputs for one batch: per-row slots, activations and slot-stacked weights."""
+
+    indices: torch.Tensor
+    x: torch.Tensor
+    lora_a: torch.Tensor  # (slots, 1, rank, in)
+    lora_b: torch.Tensor  # (slots, 1, out, rank)
+
+
+def _case(rows: list[int], dtype: torch.dtype, out: int = 48, seed: int = 0) -> Case:
+    g = torch.Generator().manual_seed(seed)
+    return Case(
+        indices=torch.tensor(rows, dtype=torch.long),
+        x=torch.randn(len(rows), HIDDEN, generator=g).to(dtype),
+        lora_a=(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g) / HIDDEN**0.5).to(dtype),
+        lora_b=torch.randn(SLOTS, 1, out, RANK, generator=g).to(dtype),
+    )
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BATCHES)
+def test_plan_groups_rows_by_slot(name: str) -> None:
+    rows = BATCHES[name]
+    plan = ops.plan_segments(torch.tensor(rows))
+    assert plan.num_rows == len(rows)
+    assert plan.num_lora_rows == sum(1 for s in rows if s != -1)
+    assert plan.empty == all(s == -1 for s in rows)
+    assert list(plan.slots) == sorted({s for s in rows if s != -1})
+    for slot, start, count in zip(plan.slots, plan.starts, plan.counts, strict=True):
+        segment = plan.rows[start : start + count].tolist()
+        assert segment == [i for i, s in enumerate(rows) if s == slot]
+
+
+def test_plan_layouts() -> None:
+    assert ops.plan_segments(torch.tensor(BATCHES["decode_mixed"])).padded
+    assert not ops.plan_segments(torch.tensor(BATCHES["long_prompt_and_decode"])).padded
+    plan = ops.plan_segments(torch.tensor(BATCHES["one_adapter_with_base"]))
+    assert plan.padded and plan.row_range == (4, 10) and plan.padded_mask is None
+
+
+# --- single ops against the reference ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", BATCHES)
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_shrink(name: str, layout: ops.Layout, dtype: torch.dtype, scale: float) -> None:
+    case = _case(BATCHES[name], dtype)
+    plan = ops.plan_segments(case.indices, layout)
+    actual = torch.zeros(len(case.indices), RANK, dtype=torch.float32)
+    ops.lora_shrink(actual, case.x, case.lora_a, plan, scale)
+
+    expected = torch.zeros_like(actual)
+    bgmv_shrink(case.x, _with_zero_slot(case.lora_a), expected, case.indices, scale)
+    _close(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", BATCHES)
+def test_shrink_prefill_reference(name: str, layout: ops.Layout, dtype: torch.dtype) -> None:
+    """Same as above against the sgmv (prefill) reference, which vLLM's CPU wrapper calls."""
+    case = _case(BATCHES[name], dtype, seed=1)
+    plan = ops.plan_segments(case.indices, layout)
+    actual = torch.zeros(len(case.indices), RANK, dtype=torch.float32)
+    ops.lora_shrink(actual, case.x, case.lora_a, plan, 0.25)
+
+    expected = torch.zeros_like(actual)
+    sgmv_shrink(case.x, _with_zero_slot(case.lora_a), expected, *_prefill_meta(case.indices), 0.25)
+    _close(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", BATCHES)
+@pytest.mark.parametrize("add_inputs", [True, False])
+def test_expand(name: str, layout: ops.Layout, dtype: torch.dtype, add_inputs: bool) -> None:
+    case = _case(BATCHES[name], dtype, seed=2)
+    plan = ops.plan_segments(case.indices, layout)
+    g = torch.Generator().manual_seed(3)
+    buffer = torch.randn(len(case.indices), RANK, generator=g)  # float32, like vLLM's
+    y0 = torch.randn(len(case.indices), case.lora_b.shape[2], generator=g).to(dtype)
+
+    actual = y0.clone()
+    ops.lora_expand(actual, buffer, case.lora_b, plan, add_inputs=add_inputs)
+
+    expected = y0.clone()
+    sgmv_expand(
+        buffer, _with_zero_slot(case.lora_b), expected, *_prefill_meta(case.indices), add_inputs
+    )
+    lora_rows = case.indices != -1
+    _close(actual[lora_rows], expected[lora_rows])
+    # base rows are never touched (the reference overwrites them when add_inputs is False)
+    assert torch.equal(actual[~lora_rows], y0[~lora_rows])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", ["decode_mixed", "prefill_mixed", "one_adapter"])
+def test_expand_slice(name: str, layout: ops.Layout, dtype: torch.dtype) -> None:
+    case = _case(BATCHES[name], dtype, seed=4)
+    plan = ops.plan_segments(case.indices, layout)
+    g = torch.Generator().manual_seed(5)
+    buffer = torch.randn(len(case.indices), RANK, generator=g)
+    size = case.lora_b.shape[2]
+    y0 = torch.randn(len(case.indices), 16 + size + 8, generator=g).to(dtype)
+
+    actual = y0.clone()
+    ops.lora_expand(actual, buffer, case.lora_b, plan, offset=16, size=size)
+    expected = y0.clone()
+    bgmv_expand_slice(buffer, _with_zero_slot(case.lora_b), expected, case.indices, 16, size)
+    _close(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_expand_narrower_output(dtype: torch.dtype) -> None:
+    """Logits and embeddings: B may be wider than `y` (padding); the common columns are used."""
+    case = _case(BATCHES["decode_mixed"], dtype, out=40, seed=6)
+    plan = ops.plan_segments(case.indices)
+    buffer = torch.randn(len(case.indices), RANK)
+    actual = torch.zeros(len(case.indices), 32, dtype=dtype)
+    ops.lora_expand(actual, buffer, case.lora_b, plan)
+    expected = torch.zeros_like(actual)
+    bgmv_expand(buffer, _with_zero_slot(case.lora_b), expected, case.indices)
+    _close(actual, expected)
+
+
+# --- the wrapper, layer by layer, against vLLM's PunicaWrapperCPU -----------------------------
+
+
+def _wrappers(
+    rows: list[int], layout: ops.Layout
+) -> tuple[SegmentedPunicaWrapperCPU, PunicaWrapperCPU]:
+    """Both wrappers with the same step metadata (slot i holds adapter id i + 1)."""
+    mapping = LoRAMapping(
+        tuple(s + 1 if s >= 0 else 0 for s in rows),
+        tuple(s + 1 if s >= 0 else 0 for s in rows),
+        is_prefill=True,
+    )
+    lora_index_to_id: list[int | None] = [i + 1 for i in range(SLOTS)]
+    fast = SegmentedPunicaWrapperCPU(4096, 256, "cpu")
+    reference = PunicaWrapperCPU(4096, 256, "cpu")
+    for wrapper in (fast, reference):
+        wrapper.update_metadata(mapping, lora_index_to_id, SLOTS + 1, 1000)
+    if layout != "auto":
+        fast._token_plan = ops.plan_segments(fast.token_lora_indices, layout)
+    return fast, reference
+
+
+def _stacks(
+    g: torch.Generator, dtype: torch.dtype, fan_in: int, outs: tuple[int, ...]
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    lora_a = tuple(
+        (torch.randn(SLOTS, 1, RANK, fan_in, generator=g) / fan_in**0.5).to(dtype) for _ in outs
+    )
+    lora_b = tuple((torch.randn(SLOTS, 1, o, RANK, generator=g) * 0.5).to(dtype) for o in outs)
+    return lora_a, lora_b
+
+
+def _zero_slotted(stacks: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(_with_zero_slot(s) for s in stacks)
+
+
+MERGED = {"single": (48,), "qkv": (48, 16, 16), "gate_up": (96, 96)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", BATCHES)
+@pytest.mark.parametrize("merged", MERGED)
+def test_add_lora_linear(name: str, layout: ops.Layout, dtype: torch.dtype, merged: str) -> None:
+    rows = BATCHES[name]
+    fast, reference = _wrappers(rows, layout)
+    g = torch.Generator().manual_seed(7)
+    outs = MERGED[merged]
+    lora_a, lora_b = _stacks(g, dtype, HIDDEN, outs)
+    x = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)
+    y0 = torch.randn(len(rows), sum(outs), generator=g).to(dtype)
+
+    actual = y0.clone()
+    fast.add_lora_linear(actual, x, lora_a, lora_b, 1.0, outs)
+    expected = y0.clone()
+    reference.add_lora_linear(expected, x, _zero_slotted(lora_a), _zero_slotted(lora_b), 1.0, outs)
+    _close(actual, expected)
+    base_rows = torch.tensor(rows) == -1
+    assert torch.equal(actual[base_rows], y0[base_rows])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", ["prefill_mixed", "decode_mixed", "all_base", "one_adapter"])
+def test_add_shrink_then_expand(name: str, layout: ops.Layout, dtype: torch.dtype) -> None:
+    """The row-parallel path (o_proj, down_proj): shrink into a float32 buffer, then expand."""
+    rows = BATCHES[name]
+    fast, reference = _wrappers(rows, layout)
+    g = torch.Generator().manual_seed(8)
+    lora_a, lora_b = _stacks(g, dtype, 96, (HIDDEN,))
+    x = torch.randn(len(rows), 96, generator=g).to(dtype)
+    y0 = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)
+
+    results = []
+    for wrapper, a, b in (
+        (fast, lora_a, lora_b),
+        (reference, _zero_slotted(lora_a), _zero_slotted(lora_b)),
+    ):
+        buffer = torch.zeros(1, len(rows), RANK, dtype=torch.float32)
+        wrapper.add_shrink(buffer, x, a, 1.0)
+        y = y0.clone()
+        wrapper.add_expand(y, buffer, b, (HIDDEN,), offset_start=0, add_input=True)
+        results.append((buffer, y))
+    (fast_buffer, fast_y), (ref_buffer, ref_y) = results
+    _close(fast_buffer, ref_buffer, dtype)
+    _close(fast_y, ref_y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["prefill_mixed", "decode_mixed", "all_base"])
+def test_add_lora_embedding(name: str, dtype: torch.dtype) -> None:
+    rows = BATCHES[name]
+    fast, reference = _wrappers(rows, "auto")
+    g = torch.Generator().manual_seed(9)
+    lora_b = (torch.randn(SLOTS, 1, HIDDEN, RANK, generator=g)).to(dtype)
+    x = torch.randn(len(rows), RANK, generator=g).to(dtype)  # the looked-up rows of A
+    y0 = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)
+    actual, expected = y0.clone(), y0.clone()
+    fast.add_lora_embedding(actual, x, lora_b, add_input=True)
+    reference.add_lora_embedding(expected, x, _with_zero_slot(lora_b), add_input=True)
+    _close(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["decode_mixed", "one_adapter_with_base", "all_base"])
+def test_add_lora_logits(name: str, dtype: torch.dtype) -> None:
+    rows = BATCHES[name]
+    fast, reference = _wrappers(rows, "auto")
+    g = torch.Generator().manual_seed(10)
+    vocab, padded_vocab = 100, 128
+    lora_a = (torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g) / HIDDEN**0.5).to(dtype)
+    lora_b = torch.randn(SLOTS, 1, vocab, RANK, generator=g).to(dtype)
+    x = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)
+    y0 = torch.randn(len(rows), padded_vocab, generator=g).to(dtype)
+    actual, expected = y0.clone(), y0.clone()
+    fast.add_lora_logits(actual, x, lora_a, lora_b, 0.5)
+    reference.add_lora_logits(expected, x, _with_zero_slot(lora_a), _with_zero_slot(lora_b), 0.5)
+    _close(actual, expected)
+
+
+# --- slots reused across steps, more adapters than slots ------------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_more_adapters_than_slots(layout: ops.Layout) -> None:
+    """Ten adapters through four slots: each step loads some into slots, in place, as vLLM does.
+
+    Nothing may be cached across a change of a slot's weights: every step must match a direct
+    per-row computation with the adapter that occupies the slot at that step.
+    """
+    g = torch.Generator().manual_seed(11)
+    adapters = [
+        (torch.randn(RANK, HIDDEN, generator=g) / HIDDEN**0.5, torch.randn(32, RANK, generator=g))
+        for _ in range(10)
+    ]
+    lora_a = torch.zeros(SLOTS, 1, RANK, HIDDEN)
+    lora_b = torch.zeros(SLOTS, 1, 32, RANK)
+    for step in range(6):
+        in_slots = [(step * 3 + k) % len(adapters) for k in range(SLOTS)]
+        for slot, adapter in enumerate(in_slots):
+            lora_a[slot, 0].copy_(adapters[adapter][0])
+            lora_b[slot, 0].copy_(adapters[adapter][1])
+        rows = [(step + i) % (SLOTS + 1) - 1 for i in range(13)]
+        plan = ops.plan_segments(torch.tensor(rows), layout)
+        x = torch.randn(len(rows), HIDDEN, generator=g)
+        y = torch.zeros(len(rows), 32)
+        ops.lora_linear(y, x, (lora_a,), (lora_b,), 1.0, (32,), plan)
+        for i, slot in enumerate(rows):
+            if slot == -1:
+                expected = torch.zeros(32)
+            else:
+                a, b = adapters[in_slots[slot]]
+                expected = (x[i] @ a.T) @ b.T
+            torch.testing.assert_close(y[i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_all_base_batch_touches_nothing() -> None:
+    fast, _ = _wrappers(BATCHES["all_base"], "auto")
+    assert fast.token_plan.empty
+    y = torch.randn(9, 48)
+    y0 = y.clone()
+    x = torch.randn(9, HIDDEN)
+    g = torch.Generator().manual_seed(12)
+    lora_a, lora_b = _stacks(g, torch.float32, HIDDEN, (48,))
+    fast.add_lora_linear(y, x, lora_a, lora_b, 1.0, (48,))
+    assert torch.equal(y, y0)
+
+
+def test_no_weight_copy_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ops never index a weight stack with a per-row index (the cost being removed)."""
+    calls: list[tuple[int, ...]] = []
+    original: Callable[..., torch.Tensor] = torch.Tensor.__getitem__
+
+    def spy(self: torch.Tensor, key: object) -> torch.Tensor:
+        if isinstance(key, torch.Tensor) and self.dim() == 4:
+            calls.append(tuple(self.shape))
+        return original(self, key)
+
+    case = _case(BATCHES["decode_mixed"], torch.float32)
+    monkeypatch.setattr(torch.Tensor, "__getitem__", spy)
+    for layout in LAYOUTS:
+        plan = ops.plan_segments(case.indices, layout)
+        ops.lora_linear(
+            torch.zeros(len(case.indices), 48),
+            case.x,
+            (case.lora_a,),
+            (case.lora_b,),
+            1.0,
+            (48,),
+            plan,
+        )
+    assert calls == []

@@ -1,0 +1,238 @@
+"""A training recipe: every knob of one run, with its default, read from one YAML file.
+
+Read it top to bottom like nanoGPT's `train.py`: data, task, LoRA, optimisation, evaluation
+gate. Relative paths are resolved against the recipe file's folder, then the repository root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapters.manifest import INPUT_PLACEHOLDER, AdapterName
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DataFormat = Literal["auto", "csv", "jsonl", "json", "chat", "nlupp"]
+TaskKind = Literal["classification", "multilabel", "extraction"]
+
+
+class RecipeError(ValueError):
+    """The recipe file cannot be read or names something that does not exist."""
+
+
+class SplitConfig(BaseModel):
+    """How to cut validation and test sets out of `train` when they are not given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+    train_per_label: int | None = Field(
+        default=None, gt=0, description="Keep at most this many training examples per label."
+    )
+    validation_per_label: int | None = Field(
+        default=None, gt=0, description="Cap the validation split per label (faster eval)."
+    )
+    test_per_label: int | None = Field(
+        default=None, gt=0, description="Cap the test split per label (faster evaluation)."
+    )
+    labels_subset: list[str] | None = Field(
+        default=None, description="Train on these labels only (small experiments)."
+    )
+
+
+class DataConfig(BaseModel):
+    """Where the labelled examples are and how to read them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: DataFormat = Field(
+        default="auto",
+        description="csv/jsonl (text + label/labels/target), chat ({'messages': [...]}), json "
+        "(an array of records), nlupp (NLU++ folds); auto: by file suffix and first record.",
+    )
+    train: list[str] = Field(description="Files (globs allowed) with the training examples.")
+    validation: list[str] | None = None
+    test: list[str] | None = None
+    text_field: str = "text"
+    label_field: str | None = Field(
+        default=None, description="Column holding the label; default: label, labels or category."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    max_chars: int = Field(default=1000, gt=0, description="Longer texts are refused.")
+    near_duplicate_policy: Literal["warn", "error"] = "warn"
+
+
+class TaskConfig(BaseModel):
+    """The task the adapter serves: becomes `adapters.manifest.TaskSpec`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: TaskKind = "classification"
+    output_field: str = Field(
+        default="intent", description="Output property that carries the label(s)."
+    )
+    labels: list[str] | None = Field(
+        default=None, description="Closed label set; default: labels_file, else from the data."
+    )
+    labels_file: str | None = Field(
+        default=None, description="JSON list of labels, or object whose keys are labels."
+    )
+    labels_key: str | None = Field(
+        default=None, description="Key in labels_file holding the labels (e.g. 'intents')."
+    )
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema of the output; default: built from the labels."
+    )
+    slot_names: list[str] | None = Field(
+        default=None, description="extraction: slot names (default: those seen in the data)."
+    )
+    system_message: str | None = Field(
+        default="Classify the banking request.",
+        description="Short: every token here is paid on every training step and request.",
+    )
+    input_template: str = INPUT_PLACEHOLDER
+
+
+class LoraConfigModel(BaseModel):
+    """The LoRA shape (PEFT `LoraConfig`); rank <= 16 is the server's default maximum."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=8, gt=0, le=64)
+    alpha: float = 16.0
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class TrainConfig(BaseModel):
+    """Optimisation knobs (transformers `TrainingArguments`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int = Field(default=-1, description="Stop after this many steps (-1: epochs).")
+    learning_rate: float = Field(default=2e-3, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    gradient_accumulation: int = Field(default=1, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    max_seq_len: int = Field(default=128, gt=8, description="Longer examples are truncated.")
+    group_by_length: bool = Field(default=True, description="Batches of similar lengths.")
+    bf16: bool = Field(default=True, description="bf16 autocast (faster on AVX-512 BF16 CPUs).")
+    torch_threads: int = Field(default=2, gt=0)
+    seed: int = 0
+    eval_steps: int | None = Field(
+        default=None, gt=0, description="Validate every N steps (default: once per epoch)."
+    )
+    early_stopping_patience: int | None = Field(
+        default=2, description="Stop after N validations without a lower loss (None: never)."
+    )
+    save_total_limit: int = Field(default=2, gt=0)
+    logging_steps: int = Field(default=5, gt=0)
+
+
+class GateConfig(BaseModel):
+    """Regression gate: thresholds the new adapter must meet to pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_validity: float = Field(default=1.0, ge=0.0, le=1.0)
+    metric: str = Field(default="accuracy", description="accuracy, macro_f1 or micro_f1.")
+    min_metric: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_metric_drop: float = Field(
+        default=0.01, ge=0.0, description="Allowed drop of `metric` below the previous adapter."
+    )
+    max_class_drop: float = Field(
+        default=0.10, ge=0.0, description="Allowed drop of any one label's F1 vs the previous."
+    )
+
+
+class EvalConfig(BaseModel):
+    """Evaluation through the serving engine (vLLM, constrained JSON decoding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(default=64, gt=0)
+    max_examples: int | None = Field(default=None, gt=0, description="Cap the test set.")
+    compare_base: bool = Field(default=True, description="Also score the base model zero-shot.")
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class Recipe(BaseModel):
+    """One training run, from labelled data to a packaged adapter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: AdapterName
+    description: str = ""
+    base_model: str | None = Field(
+        default=None, description="HF folder of the base; default: the prepared SmolLM2-135M."
+    )
+    data: DataConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    lora: LoraConfigModel = Field(default_factory=LoraConfigModel)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    source_dir: Path = Field(
+        default=REPO_ROOT, exclude=True, description="Folder relative paths start from."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if INPUT_PLACEHOLDER not in self.task.input_template:
+            raise ValueError(f"task.input_template must contain {INPUT_PLACEHOLDER}")
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """A recipe path: absolute, or relative to the recipe's folder, else the repo root."""
+        candidate = Path(path).expanduser()
+        if candidate.is_absolute():
+            return candidate
+        for root in (self.source_dir, REPO_ROOT):
+            if (root / candidate).exists() or any(root.glob(path)):
+                return root / candidate
+        return self.source_dir / candidate
+
+    def resolve_all(self, patterns: list[str]) -> list[Path]:
+        """Expand globs; raises RecipeError naming a pattern that matches nothing."""
+        files: list[Path] = []
+        for pattern in patterns:
+            resolved = self.resolve(pattern)
+            if any(ch in pattern for ch in "*?["):
+                anchor = Path(resolved.anchor)
+                matches = sorted(anchor.glob(str(resolved.relative_to(anchor))))
+            else:
+                matches = [resolved] if resolved.exists() else []
+            if not matches:
+                raise RecipeError(f"data file {pattern!r} not found (looked for {resolved})")
+            files.extend(matches)
+        return files
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The knobs recorded in the manifest's training info."""
+        return {
+            "lora": self.lora.model_dump(),
+            "train": self.train.model_dump(),
+            "split": self.data.split.model_dump(),
+        }
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Parse a recipe YAML file; raises RecipeError with the offending field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a YAML mapping")
+    try:
+        return Recipe.model_validate({**raw, "source_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise RecipeError(f"recipe {path} is invalid:\n{exc}") from exc

@@ -1,0 +1,289 @@
+"""PEFT LoRA supervised fine-tuning of the base model on one task (transformers `Trainer`).
+
+Loss is on the assistant completion only; prompts are framed exactly as the server frames
+them (`training.framing`). Output folder layout:
+
+    OUT/checkpoints/   Trainer checkpoints (resume from the latest with `resume=True`)
+    OUT/data/          the splits used (JSONL) and the validation report
+    OUT/adapter/       adapter_config.json, adapter_model.safetensors, hotswap.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec, TrainingInfo
+from training.data import Example, PreparedData, prepare_data, write_jsonl_examples
+from training.framing import completion_ids, prompt_ids
+from training.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOME = Path(os.environ.get("HOTSWAP_HOME", Path.home() / ".cache" / "hotswap"))
+DEFAULT_BASE_DIR = DEFAULT_HOME / "models" / "SmolLM2-135M-Instruct"
+IGNORE_INDEX = -100
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or finish; the message says what to change."""
+
+
+class TrainResult(BaseModel):
+    """What one training run produced and how fast it went."""
+
+    adapter_dir: Path
+    out_dir: Path
+    steps: int
+    epochs: float
+    train_examples: int
+    train_loss: float
+    best_eval_loss: float | None
+    wall_s: float
+    s_per_step: float
+    tokens_per_s: float
+    dataset_digest: str
+
+
+def base_model_dir(recipe: Recipe) -> Path:
+    """The base model folder: the recipe's, else the prepared default under HOTSWAP_HOME."""
+    path = recipe.resolve(recipe.base_model) if recipe.base_model else DEFAULT_BASE_DIR
+    if not (path / "config.json").is_file():
+        raise TrainingError(
+            f"{path} is not a prepared HF model folder; run `hotswap prepare-model` first"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class _Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def tokenize_examples(
+    tokenizer: Any, spec: TaskSpec, examples: list[Example], max_len: int
+) -> list[dict[str, list[int]]]:
+    """input_ids = prompt + completion; labels mask the prompt with -100 (truncated from the
+    left of the prompt so the answer is never cut)."""
+    rows = []
+    for ex in examples:
+        prompt = prompt_ids(tokenizer, spec, ex.text)
+        answer = completion_ids(tokenizer, ex.target)
+        room = max_len - len(answer)
+        if room <= 0:
+            raise TrainingError(f"the target of {ex.source} is longer than max_seq_len={max_len}")
+        prompt = prompt[-room:]
+        rows.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer})
+    return rows
+
+
+class _Collator:
+    """Right-pads a batch; padding is masked out of the loss and attention."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, mask = [], [], []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            ids.append(r["input_ids"] + [self.pad_id] * pad)
+            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
+            mask.append([1] * len(r["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
+
+
+def write_manifest(
+    adapter_dir: Path,
+    recipe: Recipe,
+    spec: TaskSpec,
+    *,
+    dataset_digest: str | None,
+    metrics: dict[str, float] | None = None,
+    base_fingerprint: str | None = None,
+) -> AdapterManifest:
+    """Write `hotswap.json` (name, task spec, training info) into the adapter folder."""
+    manifest = AdapterManifest(
+        name=recipe.name,
+        description=recipe.description,
+        base_model=base_fingerprint,
+        task=spec,
+        training=TrainingInfo(
+            metrics=metrics or {},
+            dataset_digest=dataset_digest,
+            hyperparameters=recipe.hyperparameters(),
+        ),
+    )
+    (adapter_dir / MANIFEST_FILE).write_text(
+        manifest.model_dump_json(indent=2, exclude_none=True) + "\n"
+    )
+    return manifest
+
+
+def train(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    data: PreparedData | None = None,
+    base_dir: Path | None = None,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter for `recipe` into `out_dir/adapter`.
+
+    Data are prepared (and validated, raising DataError on errors) unless given. With
+    `resume`, training continues from the latest checkpoint in `out_dir/checkpoints`.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    cfg = recipe.train
+    base = base_dir or base_model_dir(recipe)
+    prepared = data or prepare_data(recipe)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_data(out_dir / "data", prepared)
+
+    torch.set_num_threads(cfg.torch_threads)
+    set_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    train_rows = tokenize_examples(
+        tokenizer, prepared.spec, prepared.splits["train"], cfg.max_seq_len
+    )
+    eval_rows = tokenize_examples(
+        tokenizer, prepared.spec, prepared.splits["validation"], cfg.max_seq_len
+    )
+    if not train_rows:
+        raise TrainingError("no training examples left after splitting")
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model.config.use_cache = False
+    lora = LoraConfig(
+        r=recipe.lora.r,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=list(recipe.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+
+    checkpoints = out_dir / "checkpoints"
+    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.gradient_accumulation))
+    has_eval = bool(eval_rows)
+    eval_steps = cfg.eval_steps or steps_per_epoch
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        save_only_model=False,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        bf16=cfg.bf16,
+        use_cpu=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+    )
+    callbacks = []
+    if has_eval and cfg.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows or None,
+        data_collator=_Collator(int(tokenizer.pad_token_id)),
+        callbacks=callbacks,
+    )
+    latest = _latest_checkpoint(checkpoints) if resume else None
+    if resume and latest is None:
+        logger.warning("resume requested but %s holds no checkpoint; starting afresh", checkpoints)
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
+    wall = time.monotonic() - started
+
+    adapter_dir = out_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokens = sum(len(r["input_ids"]) for r in train_rows)
+    state = trainer.state
+    steps_run = max(1, state.global_step - (_step_of(latest) if latest else 0))
+    epochs_run = state.epoch or 0.0
+    eval_losses = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
+    write_manifest(
+        adapter_dir,
+        recipe,
+        prepared.spec,
+        dataset_digest=prepared.digest,
+    )
+    result = TrainResult(
+        adapter_dir=adapter_dir,
+        out_dir=out_dir,
+        steps=state.global_step,
+        epochs=epochs_run,
+        train_examples=len(train_rows),
+        train_loss=float(output.training_loss),
+        best_eval_loss=min(eval_losses) if eval_losses else None,
+        wall_s=wall,
+        s_per_step=wall / steps_run,
+        tokens_per_s=tokens * epochs_run / wall if wall > 0 else 0.0,
+        dataset_digest=prepared.digest,
+    )
+    (out_dir / "train_result.json").write_text(result.model_dump_json(indent=2) + "\n")
+    (out_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=1) + "\n")
+    return result
+
+
+def _write_data(folder: Path, prepared: PreparedData) -> None:
+    for split, examples in prepared.splits.items():
+        write_jsonl_examples(folder / f"{split}.jsonl", examples)
+    (folder / "validation_report.txt").write_text(prepared.report.format() + "\n")
+    (folder / "validation_report.json").write_text(prepared.report.model_dump_json(indent=2) + "\n")
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()]
+    return max(found, key=_step_of) if found else None
