@@ -82,7 +82,8 @@ class GenerationService:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._labels = labels
-        self._seen_models: set[str | None] = {None}
+        # model references that resolved once -> the adapter label their metrics carry
+        self._metric_names: dict[str | None, str] = {None: catalog.base.name}
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Resolve, frame and budget a request; raises a `HotswapError` naming the problem
@@ -90,10 +91,8 @@ class GenerationService:
         try:
             return self._prepare(request)
         except HotswapError as exc:
-            adapter = request.model if request.model in self._seen_models else UNKNOWN_ADAPTER
-            record_refusal(
-                adapter or self._catalog.base.name, request.protocol, request.route, exc.code
-            )
+            adapter = self._metric_names.get(request.model, UNKNOWN_ADAPTER)
+            record_refusal(adapter, request.protocol, request.route, exc.code)
             raise
 
     def _prepare(self, request: GenerationRequest) -> PreparedRequest:
@@ -103,7 +102,7 @@ class GenerationService:
                 "retry later."
             )
         model = self._catalog.resolve(request.model)
-        self._seen_models.add(request.model)
+        self._metric_names[request.model] = model.name
         schema = request.json_schema
         messages = request.messages
         if request.task_input is not None:

@@ -53,6 +53,8 @@ def test_js_distance_matches_hand_computation() -> None:
     assert float(js_distance([1.0, 0.0], [0.5, 0.5])) == pytest.approx(0.557923, abs=1e-6)
     assert float(js_distance([0.2, 0.8], [0.2, 0.8])) == pytest.approx(0.0, abs=1e-12)
     assert float(js_distance([1.0, 0.0], [0.0, 1.0])) == pytest.approx(1.0)
+    rows = js_distance([1.0, 0.0], [[0.5, 0.5], [1.0, 0.0]])  # one reference, many windows
+    np.testing.assert_allclose(rows, [math.sqrt(divergence), 0.0], atol=1e-12)
 
 
 def test_psi_matches_hand_computation() -> None:

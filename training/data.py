@@ -458,13 +458,18 @@ def validate_splits(
     return ValidationReport(
         counts={split: len(exs) for split, exs in splits.items()},
         label_counts={
-            split: dict(Counter(str(ex.target.get(label_field)) for ex in exs))
+            split: dict(Counter(_labels_in(ex, label_field) for ex in exs).most_common())
             for split, exs in splits.items()
         }
-        if label_field and spec.labels and all(isinstance(v, str) for v in spec.labels)
+        if label_field
         else {},
         issues=found.report(),
     )
+
+
+def _labels_in(ex: Example, field: str) -> str:
+    value = ex.target.get(field)
+    return "|".join(value) if isinstance(value, list) else str(value)
 
 
 def drop_duplicates(examples: Sequence[Example]) -> list[Example]:
@@ -584,6 +589,15 @@ def prepare_data(recipe: Recipe, *, strict: bool = True) -> PreparedData:
         found = labels_of(ex, task)
         return found[0] if found else ""
 
+    # Defects within the files (conflicts, duplicates) are checked before splitting: a text
+    # given twice would otherwise land in two splits and read as leakage.
+    pool_spec = build_task_spec(task, labels, slots)
+    pool_report = validate_splits(
+        given, pool_spec, max_chars=data.max_chars, near_duplicates=data.near_duplicate_policy
+    )
+    given = {split: drop_duplicates(exs) for split, exs in given.items()}
+    if data.conflict_policy == "drop" and "conflicting_labels" in pool_report.codes():
+        given, pool_report = _drop_conflicts(given, pool_report)
     fractions: dict[SplitName, float] = {}
     if "validation" not in given:
         fractions["validation"] = data.split.validation_fraction
@@ -605,13 +619,40 @@ def prepare_data(recipe: Recipe, *, strict: bool = True) -> PreparedData:
             splits[split] = cap_per_label(splits[split], stratum, cap, data.split.seed)  # type: ignore[index]
     distribution = reference_distribution(splits["train"], task, labels)
     spec = build_task_spec(task, labels, slots, distribution)
-    report = validate_splits(
+    split_report = validate_splits(
         splits, spec, max_chars=data.max_chars, near_duplicates=data.near_duplicate_policy
+    )
+    known = pool_report.codes()
+    report = split_report.model_copy(
+        update={
+            "issues": pool_report.issues + [i for i in split_report.issues if i.code not in known]
+        }
     )
     if strict and not report.ok:
         raise DataError("the data failed validation:\n" + report.format())
     splits = {split: drop_duplicates(exs) for split, exs in splits.items()}
     return PreparedData(splits=splits, spec=spec, report=report, digest=dataset_digest(splits))
+
+
+def _drop_conflicts(
+    given: dict[SplitName, list[Example]], report: ValidationReport
+) -> tuple[dict[SplitName, list[Example]], ValidationReport]:
+    """Remove every example whose text appears with different targets; report as warning."""
+    targets: dict[str, set[str]] = defaultdict(set)
+    for exs in given.values():
+        for ex in exs:
+            targets[ex.text].add(compact_json(ex.target))
+    bad = {text for text, found in targets.items() if len(found) > 1}
+    kept = {split: [ex for ex in exs if ex.text not in bad] for split, exs in given.items()}
+    issues = [
+        i.model_copy(
+            update={"severity": "warning", "message": i.message + f" ({len(bad)} texts dropped)"}
+        )
+        if i.code == "conflicting_labels"
+        else i
+        for i in report.issues
+    ]
+    return kept, report.model_copy(update={"issues": issues})
 
 
 def load_jsonl_examples(path: Path) -> list[Example]:

@@ -66,6 +66,9 @@ class DataConfig(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     max_chars: int = Field(default=1000, gt=0, description="Longer texts are refused.")
     near_duplicate_policy: Literal["warn", "error"] = "warn"
+    conflict_policy: Literal["error", "drop"] = Field(
+        default="error", description="Same text, different targets: refuse, or drop them all."
+    )
 
 
 class TaskConfig(BaseModel):
@@ -108,6 +111,12 @@ class LoraConfigModel(BaseModel):
     alpha: float = 16.0
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    layers_from: int | None = Field(
+        default=None,
+        ge=0,
+        description="LoRA only on decoder layers >= this (backward stops there: faster); "
+        "None: every layer.",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -125,6 +134,10 @@ class TrainConfig(BaseModel):
     lr_scheduler: str = "linear"
     max_seq_len: int = Field(default=128, gt=8, description="Longer examples are truncated.")
     group_by_length: bool = Field(default=True, description="Batches of similar lengths.")
+    answer_only_logits: bool = Field(
+        default=True,
+        description="Left-pad and compute the vocabulary projection on answer tokens only.",
+    )
     bf16: bool = Field(default=True, description="bf16 autocast (faster on AVX-512 BF16 CPUs).")
     torch_threads: int = Field(default=2, gt=0)
     seed: int = 0

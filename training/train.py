@@ -49,6 +49,7 @@ class TrainResult(BaseModel):
     best_eval_loss: float | None
     wall_s: float
     s_per_step: float
+    cpu_s_per_step: float
     tokens_per_s: float
     dataset_digest: str
 
@@ -87,10 +88,12 @@ def tokenize_examples(
 
 
 class _Collator:
-    """Right-pads a batch; padding is masked out of the loss and attention."""
+    """Pads a batch (left when only answer logits are computed, so answers end every row);
+    padding is masked out of the loss and attention, positions start at 0 on every row."""
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, *, left: bool) -> None:
         self.pad_id = pad_id
+        self.left = left
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -98,15 +101,68 @@ class _Collator:
         width = max(len(r["input_ids"]) for r in rows)
         ids, labels, mask = [], [], []
         for r in rows:
-            pad = width - len(r["input_ids"])
-            ids.append(r["input_ids"] + [self.pad_id] * pad)
-            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
-            mask.append([1] * len(r["input_ids"]) + [0] * pad)
-        return {
+            n = len(r["input_ids"])
+            pad = width - n
+            if self.left:
+                ids.append([self.pad_id] * pad + r["input_ids"])
+                labels.append([IGNORE_INDEX] * pad + r["labels"])
+                mask.append([0] * pad + [1] * n)
+            else:
+                ids.append(r["input_ids"] + [self.pad_id] * pad)
+                labels.append(r["labels"] + [IGNORE_INDEX] * pad)
+                mask.append([1] * n + [0] * pad)
+        attention = torch.tensor(mask)
+        batch = {
             "input_ids": torch.tensor(ids),
             "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(mask),
+            "attention_mask": attention,
+            "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
         }
+        if self.left:
+            answer = max(sum(1 for t in r["labels"] if t != IGNORE_INDEX) for r in rows)
+            batch["logits_to_keep"] = answer + 1
+        return batch
+
+
+def _answer_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> Any:
+    """Cross-entropy over the answer tokens, projecting only the last positions to the
+    vocabulary (the LM head over every prompt token is most of the wasted work)."""
+    import torch
+
+    labels = inputs.pop("labels")
+    keep = int(inputs.pop("logits_to_keep"))
+    outputs = model(**inputs, logits_to_keep=keep)
+    logits = outputs.logits[:, :-1, :].float()
+    target = labels[:, -keep + 1 :].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        target.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (target != IGNORE_INDEX).sum()
+    return loss / count, outputs
+
+
+def _trainer_class() -> Any:
+    from transformers import Trainer
+
+    class AnswerOnlyTrainer(Trainer):
+        """`Trainer` whose loss needs logits on the answer positions only."""
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            if "logits_to_keep" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = _answer_only_loss(model, dict(inputs), num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+    return AnswerOnlyTrainer
 
 
 def write_manifest(
@@ -155,7 +211,6 @@ def train(
         AutoModelForCausalLM,
         AutoTokenizer,
         EarlyStoppingCallback,
-        Trainer,
         TrainingArguments,
         set_seed,
     )
@@ -185,6 +240,7 @@ def train(
         lora_alpha=recipe.lora.alpha,
         lora_dropout=recipe.lora.dropout,
         target_modules=list(recipe.lora.target_modules),
+        layers_to_transform=_layers(recipe, int(model.config.num_hidden_layers)),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -223,24 +279,27 @@ def train(
         report_to="none",
         dataloader_pin_memory=False,
         remove_unused_columns=False,
+        label_names=["labels"],
+        prediction_loss_only=True,
     )
     callbacks = []
     if has_eval and cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = Trainer(
+    trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows or None,
-        data_collator=_Collator(int(tokenizer.pad_token_id)),
+        data_collator=_Collator(int(tokenizer.pad_token_id), left=cfg.answer_only_logits),
         callbacks=callbacks,
     )
     latest = _latest_checkpoint(checkpoints) if resume else None
     if resume and latest is None:
         logger.warning("resume requested but %s holds no checkpoint; starting afresh", checkpoints)
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     output = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
     wall = time.monotonic() - started
+    cpu = time.process_time() - cpu_started
 
     adapter_dir = out_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
@@ -265,12 +324,22 @@ def train(
         best_eval_loss=min(eval_losses) if eval_losses else None,
         wall_s=wall,
         s_per_step=wall / steps_run,
+        cpu_s_per_step=cpu / steps_run,
         tokens_per_s=tokens * epochs_run / wall if wall > 0 else 0.0,
         dataset_digest=prepared.digest,
     )
     (out_dir / "train_result.json").write_text(result.model_dump_json(indent=2) + "\n")
     (out_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=1) + "\n")
     return result
+
+
+def _layers(recipe: Recipe, num_layers: int) -> list[int] | None:
+    start = recipe.lora.layers_from
+    if start is None:
+        return None
+    if start >= num_layers:
+        raise TrainingError(f"lora.layers_from={start} but the base has {num_layers} layers")
+    return list(range(start, num_layers))
 
 
 def _write_data(folder: Path, prepared: PreparedData) -> None:

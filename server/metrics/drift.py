@@ -156,8 +156,7 @@ def psi(reference: npt.ArrayLike, observed: npt.ArrayLike) -> FloatArray:
 
 def js_distance(p: npt.ArrayLike, q: npt.ArrayLike) -> FloatArray:
     """Jensen–Shannon distance in bits along the last axis: 0 if equal, 1 if disjoint."""
-    p_arr = np.asarray(p, dtype=np.float64)
-    q_arr = np.asarray(q, dtype=np.float64)
+    p_arr, q_arr = np.broadcast_arrays(np.asarray(p, np.float64), np.asarray(q, np.float64))
     mean = (p_arr + q_arr) / 2.0
     divergence = (_kl_bits(p_arr, mean) + _kl_bits(q_arr, mean)) / 2.0
     return np.asarray(np.sqrt(np.clip(divergence, 0.0, 1.0)), dtype=np.float64)

@@ -117,22 +117,18 @@ class _Bounder:
     def __init__(self, root: Schema, limits: SchemaLimits) -> None:
         self.source = root
         self.limits = limits
+        self.visited = 0
+        self.ref_stack: list[str] = []
 
     def root(self) -> Schema:
-        out = self.node(self.source, 0)
-        referenced = set(_refs_in(self.source))
-        for key in _DEF_KEYS:
-            defs = self.source.get(key)
-            if not isinstance(defs, dict):
-                continue
-            kept: dict[str, Any] = {}
-            for name, sub in defs.items():
-                if f"#/{key}/{name}" in referenced or any(
-                    r.startswith(f"#/{key}/{name}/") for r in referenced
-                ):
-                    kept[name] = self.node(sub, 1)
-            out[key] = kept
-        return out
+        try:
+            return self.node(self.source, 0)
+        except _RecursionCut as exc:
+            raise SchemaRefusedError(
+                RefusalReason.UNSUPPORTED,
+                f"$ref {exc.ref!r} must recurse more than {self.limits.max_ref_recursion} times "
+                "(a required property or item); make the recursion optional",
+            ) from exc
 
     # -- dispatch -----------------------------------------------------------------------
     def node(self, schema: Any, depth: int) -> Schema:
@@ -140,6 +136,12 @@ class _Bounder:
             raise SchemaRefusedError(
                 RefusalReason.TOO_DEEP,
                 f"the schema nests deeper than {self.limits.max_depth} levels",
+            )
+        self.visited += 1
+        if self.visited > self.limits.max_subschemas:
+            raise SchemaRefusedError(
+                RefusalReason.TOO_LARGE,
+                f"the schema has more than {self.limits.max_subschemas} subschemas",
             )
         if schema is True or schema == {}:
             return self.any_value()
@@ -155,12 +157,7 @@ class _Bounder:
         if "allOf" in schema:
             schema = self.merge_all_of(schema)
         if "$ref" in schema:
-            siblings = _constraints(schema, ignore=("$ref",))
-            if not siblings:
-                resolve_pointer(self.source, schema["$ref"])
-                return _keep_annotations(schema, {"$ref": schema["$ref"]})
-            target = resolve_pointer(self.source, schema["$ref"])
-            schema = _merge(_without(schema, "$ref"), self.deref(target))
+            return _keep_annotations(schema, self.reference(schema, depth))
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 return self.alternatives(schema, key, depth)
@@ -188,6 +185,26 @@ class _Bounder:
         if schema_type not in handlers:
             raise SchemaRefusedError(RefusalReason.INVALID_SCHEMA, f"unknown type {schema_type!r}")
         return _keep_annotations(schema, handlers[schema_type](schema))
+
+    def reference(self, schema: Schema, depth: int) -> Schema:
+        """Inline the target of a `$ref` (bounded), cutting recursion at `max_ref_recursion`.
+
+        outlines follows at most 3 nested `$ref`s, recursive or not, and silently drops what lies
+        deeper, required properties included; inlined, the grammar is exactly what is written.
+        """
+        ref = schema["$ref"]
+        if not isinstance(ref, str):
+            raise SchemaRefusedError(RefusalReason.INVALID_SCHEMA, "$ref must be a string")
+        target = resolve_pointer(self.source, ref)
+        if self.ref_stack.count(ref) >= self.limits.max_ref_recursion:
+            raise _RecursionCut(ref)
+        if _constraints(schema, ignore=("$ref",)):
+            target = _merge(_without(schema, "$ref"), self.deref(target))
+        self.ref_stack.append(ref)
+        try:
+            return self.node(target, depth + 1)
+        finally:
+            self.ref_stack.pop()
 
     def deref(self, schema: Any) -> Any:
         """Follow `$ref`s at the top of a subschema (for merging), at most 16 deep."""
@@ -219,6 +236,7 @@ class _Bounder:
             )
         siblings = _constraints(schema, ignore=(key, "anyOf", "oneOf"))
         bounded: list[Schema] = []
+        cut: _RecursionCut | None = None
         for branch in branches:
             if branch is False:
                 continue
@@ -226,10 +244,14 @@ class _Bounder:
                 branch = _merge(siblings, self.deref(branch))
             try:
                 bounded.append(self.node(branch, depth + 1))
+            except _RecursionCut as exc:
+                cut = exc
             except SchemaRefusedError as exc:
                 if exc.reason is not RefusalReason.UNSATISFIABLE:
                     raise
         if not bounded:
+            if cut is not None:
+                raise cut
             raise SchemaRefusedError(RefusalReason.UNSATISFIABLE, f"no {key} branch can be met")
         return _keep_annotations(schema, {key: bounded})
 
@@ -241,6 +263,11 @@ class _Bounder:
             values = [v for v in values if _json_equal(v, schema["const"])]
         if not values:
             raise SchemaRefusedError(RefusalReason.UNSATISFIABLE, "enum and const disagree")
+        if len(values) > self.limits.max_enum_values:
+            raise SchemaRefusedError(
+                RefusalReason.TOO_LARGE,
+                f"an enum has more than {self.limits.max_enum_values} values",
+            )
         if any(isinstance(v, (dict, list)) for v in values):
             raise SchemaRefusedError(
                 RefusalReason.UNSUPPORTED,
@@ -337,7 +364,12 @@ class _Bounder:
             max_items = max(min_items, self.limits.max_array_items)
         out: Schema = {"type": "array", "minItems": min_items, "maxItems": max_items}
         if max_items > 0:
-            out["items"] = self.node(items, depth + 1)
+            try:
+                out["items"] = self.node(items, depth + 1)
+            except _RecursionCut:
+                if min_items > 0:
+                    raise
+                return {"type": "array", "maxItems": 0}  # recursion cut: the empty array
         return out
 
     def object(self, schema: Schema, depth: int) -> Schema:
@@ -368,7 +400,11 @@ class _Bounder:
                         RefusalReason.UNSATISFIABLE, f"property {name!r} is required but false"
                     )
                 continue
-            bounded[name] = self.node(sub, depth + 1)
+            try:
+                bounded[name] = self.node(sub, depth + 1)
+            except _RecursionCut:
+                if name in required:
+                    raise
         if bounded:
             out: Schema = {"type": "object", "properties": bounded}
             kept_required = [name for name in required if name in bounded]
@@ -386,16 +422,15 @@ class _Bounder:
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _refs_in(node: Any) -> Iterable[str]:
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str):
-            yield ref
-        for value in node.values():
-            yield from _refs_in(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _refs_in(value)
+class _RecursionCut(SchemaRefusedError):
+    """A `$ref` recursed too often here; the nearest optional container drops this part."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(RefusalReason.UNSUPPORTED, f"recursion through {ref!r} cut")
+        self.ref = ref
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.ref,))
 
 
 def _without(schema: Schema, key: str) -> Schema:

@@ -9,6 +9,11 @@ calls as `OutlinesBackend.compile_grammar`) in a worker process with an address-
 the guard accepts compiled within those limits; run the engine with a compile timeout above
 the guard's (VLLM_REGEX_COMPILATION_TIMEOUT_S) so load spikes do not refuse it twice.
 
+Time limits: `timeout_s` bounds the CPU seconds one compilation may use (the worker's
+user+system time, read from /proc while waiting), so a verdict does not depend on how busy the
+machine is; `wall_timeout_s` (default 3 x timeout_s) bounds the wall-clock wait. Both kill the
+worker. Only CPU-bound refusals are cached: a wall-clock refusal under load is `transient`.
+
 Verdicts, refusals included, are cached by the sha256 of the canonical schema JSON in a
 bounded LRU; identical schemas in flight at the same time are compiled once.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,6 +34,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +50,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_LIMIT_MB = 2048
 DEFAULT_CACHE_SIZE = 1024
+WALL_TIMEOUT_FACTOR = 3.0
 WORKER_START_TIMEOUT_S = 120.0
+_POLL_S = 0.05
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class _Answer:
+    message: dict[str, Any] | None
+    stopped: str | None  # None (answered), "cpu", "wall" (killed) or "died"
 
 
 @dataclass(frozen=True)
@@ -54,24 +70,19 @@ class CompileVerdict:
     digest: str
     compile_s: float | None = None
     """Seconds to build the regex and the token index (None when refused before or killed)."""
+    compile_cpu_s: float | None = None
+    """CPU seconds of the same (what the time limit applies to; wall time varies with load)."""
     reason: RefusalReason | None = None
     message: str = ""
     budget: DocumentBudget | None = None
     """Longest document the grammar accepts (chars, bytes; max_tokens for max_tokens checks)."""
     regex_length: int | None = None
+    transient: bool = False
+    """A refusal caused by the machine (wall-clock limit under load, crash): not cached."""
     cached: bool = False
 
     def as_cached(self) -> CompileVerdict:
-        return CompileVerdict(
-            ok=self.ok,
-            digest=self.digest,
-            compile_s=self.compile_s,
-            reason=self.reason,
-            message=self.message,
-            budget=self.budget,
-            regex_length=self.regex_length,
-            cached=True,
-        )
+        return dataclasses.replace(self, cached=True)
 
 
 def schema_digest(schema: Any) -> str:
@@ -105,6 +116,7 @@ class _Worker:
         self._buffer = b""
         self._next_id = 0
         self._eof = False
+        self._stopped_for: str | None = None
         ready = self._read(time.monotonic() + WORKER_START_TIMEOUT_S)
         if not ready or not ready.get("ready"):
             self.kill()
@@ -118,8 +130,8 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def compile(self, schema_json: str, timeout_s: float) -> dict[str, Any] | None:
-        """The worker's answer, or None if it did not answer in time (then it is killed)."""
+    def compile(self, schema_json: str, cpu_limit_s: float, wall_limit_s: float) -> _Answer:
+        """Send one schema; wait for the answer within both limits, else kill the worker."""
         self._next_id += 1
         request = json.dumps({"id": self._next_id, "schema": schema_json}) + "\n"
         assert self.process.stdin is not None
@@ -127,29 +139,55 @@ class _Worker:
             self.process.stdin.write(request.encode("utf-8"))
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
-            return {"ok": False, "dead": True}
-        answer = self._read(time.monotonic() + timeout_s)
-        if answer is not None:
-            return answer
+            return _Answer(None, "died")
+        cpu_start = self.cpu_seconds()
+        started = time.monotonic()
+
+        def over_limit() -> str | None:
+            if self.cpu_seconds() - cpu_start > cpu_limit_s:
+                return "cpu"
+            if time.monotonic() - started > wall_limit_s:
+                return "wall"
+            return None
+
+        message = self._read(started + wall_limit_s + 1.0, over_limit)
+        if message is not None:
+            return _Answer(message, None)
         if self._eof:  # it died on its own: reap it to learn the signal
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
-            return {"ok": False, "dead": True}
+            return _Answer(None, "died")
         self.kill()
-        return None
+        return _Answer(None, self._stopped_for or "wall")
 
-    def _read(self, deadline: float) -> dict[str, Any] | None:
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the worker has used so far."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _read(
+        self, deadline: float, over_limit: Callable[[], str | None] | None = None
+    ) -> dict[str, Any] | None:
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
+        self._stopped_for = None
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            readable, _, _ = select.select([fd], [], [], remaining)
+            readable, _, _ = select.select([fd], [], [], min(remaining, _POLL_S))
             if not readable:
-                return None
+                if over_limit is not None:
+                    self._stopped_for = over_limit()
+                    if self._stopped_for is not None:
+                        return None
+                continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:  # EOF: the worker died
                 self._eof = True
@@ -200,6 +238,7 @@ class CompileGuard:
         model_path: Path,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        wall_timeout_s: float | None = None,
         memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
         workers: int = 1,
         cache_size: int = DEFAULT_CACHE_SIZE,
@@ -210,6 +249,7 @@ class CompileGuard:
             raise ValueError("timeout_s, memory_limit_mb and workers must be positive")
         self.model_path = Path(model_path)
         self.timeout_s = timeout_s
+        self.wall_timeout_s = wall_timeout_s or WALL_TIMEOUT_FACTOR * timeout_s
         self.memory_limit_mb = memory_limit_mb
         self.cache_size = cache_size
         self.vocab_cache_dir = vocab_cache_dir or Path.home() / ".cache" / "hotswap" / "structured"
@@ -290,7 +330,7 @@ class CompileGuard:
             raise
         with self._lock:
             self.misses += 1
-            if verdict.reason is not RefusalReason.CRASHED and self.cache_size:
+            if not verdict.transient and self.cache_size:
                 self._cache[digest] = verdict
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
@@ -374,39 +414,47 @@ class CompileGuard:
             )
         worker = self._acquire()
         started = time.perf_counter()
-        answer = worker.compile(schema_json, self.timeout_s)
+        answer = worker.compile(schema_json, self.timeout_s, self.wall_timeout_s)
         elapsed = time.perf_counter() - started
-        if answer is None:
+        if answer.stopped in ("cpu", "wall"):
             self._retire(worker)
+            cpu = answer.stopped == "cpu"
             return CompileVerdict(
                 ok=False,
                 digest=digest,
                 reason=RefusalReason.TIMEOUT,
-                message=f"compiling the schema took longer than {self.timeout_s:g} s",
-            )
-        if answer.get("dead") or not worker.alive():
-            if worker.alive():
-                try:
-                    worker.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-            sig = worker.exit_signal()
-            self._retire(worker)
-            if answer.get("reason"):
-                return self._verdict(answer, digest)
-            memory = sig in (signal.SIGABRT, signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS)
-            return CompileVerdict(
-                ok=False,
-                digest=digest,
-                reason=RefusalReason.MEMORY if memory else RefusalReason.CRASHED,
                 message=(
-                    f"compiling the schema needed more than {self.memory_limit_mb} MB"
-                    if memory
-                    else f"the compile worker died after {elapsed:.1f} s (signal {sig})"
+                    f"compiling the schema needs more than {self.timeout_s:g} s of CPU"
+                    if cpu
+                    else f"compiling the schema took longer than {self.wall_timeout_s:g} s "
+                    "(machine busy); try again"
                 ),
+                transient=not cpu,
             )
-        self._release(worker)
-        return self._verdict(answer, digest)
+        if answer.message is not None and worker.alive():
+            self._release(worker)
+            return self._verdict(answer.message, digest)
+        if worker.alive():  # answered, then exiting (after a MemoryError)
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        sig = worker.exit_signal()
+        self._retire(worker)
+        if answer.message is not None:
+            return self._verdict(answer.message, digest)
+        memory = sig in (signal.SIGABRT, signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS)
+        return CompileVerdict(
+            ok=False,
+            digest=digest,
+            reason=RefusalReason.MEMORY if memory else RefusalReason.CRASHED,
+            message=(
+                f"compiling the schema needs more than {self.memory_limit_mb} MB"
+                if memory
+                else f"the compile worker died after {elapsed:.1f} s (signal {sig})"
+            ),
+            transient=not memory,
+        )
 
     @staticmethod
     def _verdict(answer: dict[str, Any], digest: str) -> CompileVerdict:
@@ -415,6 +463,7 @@ class CompileGuard:
                 ok=True,
                 digest=digest,
                 compile_s=float(answer["compile_s"]),
+                compile_cpu_s=float(answer["compile_cpu_s"]),
                 budget=DocumentBudget(answer.get("max_chars"), answer.get("max_bytes")),
                 regex_length=answer.get("regex_length"),
             )

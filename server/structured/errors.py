@@ -16,6 +16,8 @@ class RefusalReason(StrEnum):
     """No document can satisfy the schema (minLength > maxLength, required but forbidden...)."""
     UNBOUNDED = "unbounded"
     """The language stays infinite after bounding (free-form object keys, by policy)."""
+    TOO_LARGE = "too_large"
+    """More subschemas or enum values than `SchemaLimits` allows."""
     TOO_DEEP = "too_deep"
     """Nesting deeper than `SchemaLimits.max_depth`."""
     TIMEOUT = "timeout"

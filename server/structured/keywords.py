@@ -23,7 +23,6 @@ import referencing.exceptions
 from jsonschema import FormatChecker
 from jsonschema.protocols import Validator
 
-from server.structured.bounds import resolve_pointer
 from server.structured.errors import RefusalReason, SchemaRefusedError
 from server.structured.limits import SchemaLimits
 
@@ -102,14 +101,7 @@ def find_unenforced(
     if not isinstance(schema, dict):
         return []
     limits = limits or SchemaLimits()
-    found = list(_walk(schema, "#", limits))
-    if _has_recursive_ref(schema):
-        found.append(
-            UnenforcedKeyword(
-                "$ref", "#", "recursive $ref is unrolled only 3 levels; deeper parts are dropped"
-            )
-        )
-    return found
+    return list(_walk(schema, "#", limits))
 
 
 def unenforced_keywords(
@@ -241,33 +233,6 @@ def _small_integer_range(node: dict[str, Any], limits: SchemaLimits) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _has_recursive_ref(root: dict[str, Any]) -> bool:
-    """Whether following `$ref`s from the root can come back to a subschema already open."""
-
-    def visit(node: Any, open_refs: frozenset[str]) -> bool:
-        if isinstance(node, list):
-            return any(visit(item, open_refs) for item in node)
-        if not isinstance(node, dict):
-            return False
-        ref = node.get("$ref")
-        if isinstance(ref, str):
-            if ref in open_refs:
-                return True
-            try:
-                target = resolve_pointer(root, ref)
-            except SchemaRefusedError:
-                return False
-            if visit(target, open_refs | {ref}):
-                return True
-        return any(
-            visit(value, open_refs)
-            for key, value in node.items()
-            if key not in ("$defs", "definitions", "enum", "const", "examples", "default")
-        )
-
-    return visit(root, frozenset())
 
 
 def _escape(name: str) -> str:

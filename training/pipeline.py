@@ -1,0 +1,110 @@
+"""The whole path for one recipe: validate data, train, evaluate, stamp the manifest, package.
+
+    python -m training.pipeline training/recipes/demo.yaml runs/demo
+
+The CLI (`hotswap train`) calls `run_recipe`; evaluation starts a vLLM engine (a spawned
+process), so call it from under `if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from training.data import prepare_data
+from training.evaluate import EvalReport, evaluate, headline_metrics
+from training.package import base_fingerprint, package, update_manifest
+from training.recipe import Recipe, load_recipe
+from training.train import TrainResult, base_model_dir, train
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineResult(BaseModel):
+    """What `run_recipe` produced: the training run, the evaluation and the archive."""
+
+    train: TrainResult
+    report: EvalReport
+    archive: Path
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+def run_recipe(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    previous_report: Path | None = None,
+    base_dir: Path | None = None,
+) -> PipelineResult:
+    """Train, evaluate (beside the base model, through the gate) and package `recipe`.
+
+    The archive `out_dir/<name>.tar.gz` is written even when the gate fails, so it can be
+    inspected; callers must not push it then (`result.passed`).
+    """
+    base = base_dir or base_model_dir(recipe)
+    prepared = prepare_data(recipe)
+    logger.info("data:\n%s", prepared.report.format())
+    trained = train(recipe, out_dir, resume=resume, data=prepared, base_dir=base)
+    logger.info(
+        "trained %d steps in %.0f s (%.2f s/step, %.0f tokens/s)",
+        trained.steps,
+        trained.wall_s,
+        trained.s_per_step,
+        trained.tokens_per_s,
+    )
+    test = prepared.splits["test"][: recipe.eval.max_examples]
+    report = evaluate(
+        trained.adapter_dir,
+        test,
+        base_dir=base,
+        gate=recipe.eval.gate,
+        previous_report=previous_report,
+        compare_base=recipe.eval.compare_base,
+        max_tokens=recipe.eval.max_tokens,
+    )
+    metrics = {
+        **headline_metrics(report),
+        "train_wall_s": trained.wall_s,
+        "train_examples": float(trained.train_examples),
+        "best_eval_loss": trained.best_eval_loss or 0.0,
+    }
+    update_manifest(trained.adapter_dir, metrics=metrics)
+    archive = package(
+        trained.adapter_dir,
+        out_dir / f"{recipe.name}.tar.gz",
+        base_fingerprint=base_fingerprint(base),
+    )
+    return PipelineResult(train=trained, report=report, archive=archive)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--previous-report", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    result = run_recipe(
+        load_recipe(args.recipe),
+        args.out_dir,
+        resume=args.resume,
+        previous_report=args.previous_report,
+    )
+    print((result.train.adapter_dir / "report.md").read_text())
+    print(f"archive: {result.archive}")
+    for reason in result.report.gate.reasons:
+        print(f"gate: {reason}", file=sys.stderr)
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
