@@ -223,9 +223,10 @@ def null_check(data: Banking77, window: int, samples: int, seed: int) -> str:
     for row, name in enumerate((f"pooled, expected >= {MIN_EXPECTED:g}", "plain, 78 bins")):
         cells = [f"{count / samples:.2e}" for count in below[row]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
     for name, values in (("PSI", psis), ("JS distance", distances)):
         median, p99 = np.quantile(np.concatenate(values), [0.5, 0.99])
-        lines.append(f"\n{name} without shift, N = {window}: median {median:.3f}, p99 {p99:.3f}")
+        lines.append(f"{name} without shift, N = {window}: median {median:.3f}, p99 {p99:.3f}")
     return "\n".join(lines)
 
 

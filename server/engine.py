@@ -6,6 +6,7 @@ Everything outside this module speaks in hotswap's own small types (`Sampling`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -184,17 +185,17 @@ class Engine:
             (engine_input,) = await llm.renderer.render_cmpl_async(
                 [TokensPrompt(prompt_token_ids=prompt_token_ids)]
             )
-            async for out in llm.generate(
-                engine_input, params, request_id, lora_request=lora_request
-            ):
-                step = out.outputs[0]
-                completion_tokens += len(step.token_ids)
-                yield Chunk(
-                    text=step.text,
-                    prompt_tokens=len(prompt_token_ids),
-                    completion_tokens=completion_tokens,
-                    finish_reason=step.finish_reason if out.finished else None,
-                )
+            outputs = llm.generate(engine_input, params, request_id, lora_request=lora_request)
+            async with contextlib.aclosing(outputs):
+                async for out in outputs:
+                    step = out.outputs[0]
+                    completion_tokens += len(step.token_ids)
+                    yield Chunk(
+                        text=step.text,
+                        prompt_tokens=len(prompt_token_ids),
+                        completion_tokens=completion_tokens,
+                        finish_reason=step.finish_reason if out.finished else None,
+                    )
         except EngineDeadError as exc:
             raise EngineUnavailable("The engine stopped while serving this request.") from exc
         except ValueError as exc:  # vLLM's request validation (e.g. a schema it rejects)

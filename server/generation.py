@@ -4,7 +4,7 @@ check the token budget, run it on the engine. HTTP and gRPC both call this modul
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +168,7 @@ class GenerationService:
 
     async def stream(
         self, prepared: PreparedRequest, request_id: str, result: GenerationResult | None = None
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """The engine's chunks as they come; closing the iterator aborts the request. When the
         stream ends, `result` (if given) holds the whole text, parsed and validated."""
         result = result if result is not None else GenerationResult(model=prepared.model)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any, cast
+from typing import Any
 
 from server.auth import Role
-from server.engine import Chunk
 from server.errors import InvalidRequest
 from server.generation import GenerationRequest, GenerationResult
 from server.grpc_api.gen.hotswap.v1 import inference_pb2 as pb
@@ -40,7 +38,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
         result = GenerationResult(model=prepared.model)
         stream = generation.stream(prepared, _request_id(), result)
         # Closed at once when the call is cancelled, which aborts the request in the engine.
-        async with aclosing(cast(AsyncGenerator[Chunk, None], stream)) as chunks:
+        async with aclosing(stream) as chunks:
             async for chunk in chunks:
                 if chunk.text:
                     await context.write(pb.GenerateStreamResponse(delta=chunk.text))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,8 +14,8 @@ from pydantic import BaseModel, Field
 from adapters.registry import AdapterSummary
 from adapters.store import AdapterVersion
 from server.adapter_service import AdapterService
-from server.errors import InvalidRequest, PayloadTooLarge
 from server.http.state import get_adapter_service
+from server.requests import save_capped
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -70,24 +71,16 @@ async def upload_adapter(
     limit = request.app.state.settings.max_upload_bytes
     with tempfile.TemporaryDirectory(prefix="hotswap-upload-") as tmp:
         archive = Path(tmp) / "upload"
-        await _save_capped(file, archive, limit)
+        await save_capped(_chunks(file), archive, limit)
         result = await service.upload(archive, name=name, description=description)
     if not result.created:
         response.status_code = 200
     return UploadView(**VersionView.of(result.adapter).model_dump(), created=result.created)
 
 
-async def _save_capped(file: UploadFile, target: Path, limit: int) -> None:
-    """Copy the upload to disk a chunk at a time, refusing it past `limit` bytes."""
-    written = 0
-    with target.open("wb") as out:
-        while chunk := await file.read(_CHUNK):
-            written += len(chunk)
-            if written > limit:
-                raise PayloadTooLarge(f"The archive is larger than the limit of {limit} bytes.")
-            out.write(chunk)
-    if written == 0:
-        raise InvalidRequest("The uploaded file is empty.")
+async def _chunks(file: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await file.read(_CHUNK):
+        yield chunk
 
 
 @router.get("")

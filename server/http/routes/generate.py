@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from server.generation import GenerationRequest, GenerationService
+from server.generation import GenerationService
 from server.http.schemas import AdapterRef, GenerateRequest, GenerateResponse, Usage
 from server.http.state import get_generation
+from server.requests import generation_request
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
@@ -21,18 +22,7 @@ async def generate(
 ) -> GenerateResponse:
     """Run one input through an adapter (or the base). Text input is framed by the adapter's
     task (system message, template) and constrained by its schema unless `schema` is given."""
-    prepared = generation.prepare(
-        GenerationRequest(
-            model=body.adapter,
-            task_input=body.input if isinstance(body.input, str) else None,
-            messages=None if isinstance(body.input, str) else [m.as_dict() for m in body.input],
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            json_schema=body.json_schema,
-        )
-    )
+    prepared = generation.prepare(generation_request(body, protocol="http"))
     result = await generation.complete(prepared, f"gen-{uuid.uuid4().hex}")
     return GenerateResponse(
         text=result.text,
