@@ -4,15 +4,20 @@
     .venv/bin/python loadtests/bench_lora_cpu.py --long     # more requests and tokens
     .venv/bin/python loadtests/bench_lora_cpu.py --only "8 LoRAs r16 all" --profile
 
-Every configuration runs the same prompts (greedy, `ignore_eos`, a fixed number of new tokens) in
-its own engine, started in a subprocess with `HOTSWAP_FAST_CPU_LORA` set to 0 (vLLM's ops, "off")
-or 1 (hotswap's, "on"), since the plugin is read when the engine starts. Adapters are random PEFT
-LoRAs on the real base model (rank 16 on q,k,v,o,gate,up,down; rank 8 on q,v), written once under
-`~/.cache/hotswap/bench-lora-cpu/`. Throughput is generated tokens over wall time from the first
-request to the last token, prefill included; a run longer than `--max-seconds` is cut there and
-its figure marked "cut" (vLLM's own ops with all-linear adapters are that slow).
-`--profile` runs each engine in-process under torch.profiler and prints the operators that cost
-the most.
+Every workload serves the same prompts (greedy, `ignore_eos`, a fixed number of new tokens):
+on the base model, on one adapter, and round-robin over eight adapters, with adapters of rank 16
+on all linear layers (q,k,v,o,gate,up,down) and of rank 8 on q,v. Three engines, each started
+in its own subprocess since the plugin is read at engine start: the base model without LoRA (the
+reference), and a LoRA engine (`max_loras=8`) with `HOTSWAP_FAST_CPU_LORA=0` (vLLM's ops, "off")
+and with `=1` (hotswap's, "on"). Adapters are random PEFT LoRAs on the real base model, written
+once under `~/.cache/hotswap/bench-lora-cpu/`.
+
+Two figures per workload: generated tokens over wall time from the first request to the last
+token (prefill included), and generated tokens per CPU second of the engine's processes over the
+same window, which holds steadier when other work shares the cores. A workload still running
+after `--max-seconds` is cut there and marked "cut" (vLLM's own ops with all-linear adapters are
+that slow). `--profile` runs the engines in-process under torch.profiler and prints, per
+workload, the operators that cost the most.
 """
 
 from __future__ import annotations
@@ -36,40 +41,53 @@ RESULT_PREFIX = "BENCH-RESULT "
 
 
 @dataclass(frozen=True)
-class Config:
-    """One engine to measure: which adapters the requests use, and whose LoRA ops."""
+class Workload:
+    """Which adapters the requests use: `kind` (an ADAPTER_KINDS key, None for the base model),
+    round-robin over `num_adapters` of them."""
 
-    name: str
-    kind: str | None  # an ADAPTER_KINDS key; None: requests on the base model
-    num_adapters: int  # requests go round-robin over this many adapters
-    fast: bool  # HOTSWAP_FAST_CPU_LORA
-    enable_lora: bool = True
-
-
-def configs() -> list[Config]:
-    """Base first (the reference), then every adapter setting with vLLM's ops and with ours."""
-    runs = [
-        Config("base (engine without LoRA)", None, 0, fast=True, enable_lora=False),
-        Config("base requests on a LoRA engine", None, 0, fast=True),
-    ]
-    for label, kind, count in (
-        ("1 LoRA r8 q,v", "qv8", 1),
-        ("8 LoRAs r8 q,v", "qv8", NUM_ADAPTERS),
-        ("1 LoRA r16 all", "all16", 1),
-        ("8 LoRAs r16 all", "all16", NUM_ADAPTERS),
-    ):
-        for fast in (False, True):
-            runs.append(Config(f"{label} / {'on' if fast else 'off'}", kind, count, fast))
-    return runs
+    label: str
+    kind: str | None
+    num_adapters: int
 
 
 @dataclass(frozen=True)
-class Workload:
-    """The requests every configuration serves."""
+class Engine:
+    """One engine: LoRA on or off, and whose LoRA ops (`fast`: HOTSWAP_FAST_CPU_LORA)."""
+
+    label: str
+    enable_lora: bool
+    fast: bool
+
+
+@dataclass(frozen=True)
+class Size:
+    """The requests every workload serves, and when to cut a workload."""
 
     requests: int
     max_tokens: int
     max_seconds: float
+
+
+BASE = Workload("base", None, 0)
+LORA_WORKLOADS = (
+    Workload("1 LoRA r8 q,v", "qv8", 1),
+    Workload("8 LoRAs r8 q,v", "qv8", NUM_ADAPTERS),
+    Workload("1 LoRA r16 all", "all16", 1),
+    Workload("8 LoRAs r16 all", "all16", NUM_ADAPTERS),
+)
+ENGINES: tuple[tuple[Engine, tuple[Workload, ...]], ...] = (
+    (Engine("no LoRA", enable_lora=False, fast=False), (BASE,)),
+    (Engine("off", enable_lora=True, fast=False), (BASE, *LORA_WORKLOADS)),
+    (Engine("on", enable_lora=True, fast=True), (BASE, *LORA_WORKLOADS)),
+)
+
+
+def row_name(engine: Engine, workload: Workload) -> str:
+    if not engine.enable_lora:
+        return "base, engine without LoRA"
+    if workload.kind is None:
+        return f"base requests, LoRA engine / {engine.label}"
+    return f"{workload.label} / {engine.label}"
 
 
 def prompts(n: int) -> list[str]:
@@ -86,79 +104,105 @@ def prompts(n: int) -> list[str]:
 
 
 def ensure_adapters(base_model: Path) -> dict[str, list[Path]]:
-    """Random LoRAs for every kind, made once (weights nonzero, outputs visibly changed)."""
+    """Random LoRAs of every kind, made once (A and B nonzero: outputs visibly change)."""
     paths = {
         kind: [ADAPTER_DIR / f"{kind}-{i}" for i in range(NUM_ADAPTERS)] for kind in ADAPTER_KINDS
     }
-    missing = [
-        k for k, ps in paths.items() if not all((p / "adapter_config.json").is_file() for p in ps)
-    ]
-    if missing:
+    for kind, kind_paths in paths.items():
+        if all((p / "adapter_config.json").is_file() for p in kind_paths):
+            continue
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        for kind in missing:
-            rank, targets = ADAPTER_KINDS[kind]
-            model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-            config = LoraConfig(
-                r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False
-            )
-            peft_model = get_peft_model(model, config)
-            for i, path in enumerate(paths[kind]):
-                g = torch.Generator().manual_seed(1000 * rank + i)
-                for name, param in peft_model.named_parameters():
-                    if "lora_A" in name:
-                        param.data = torch.randn(param.shape, generator=g) / param.shape[1] ** 0.5
-                    elif "lora_B" in name:
-                        param.data = torch.randn(param.shape, generator=g) * 0.02
-                peft_model.save_pretrained(path)
+        rank, targets = ADAPTER_KINDS[kind]
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        config = LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False
+        )
+        peft_model = get_peft_model(model, config)
+        for i, path in enumerate(kind_paths):
+            g = torch.Generator().manual_seed(1000 * rank + i)
+            for name, param in peft_model.named_parameters():
+                if "lora_A" in name:
+                    param.data = torch.randn(param.shape, generator=g) / param.shape[1] ** 0.5
+                elif "lora_B" in name:
+                    param.data = torch.randn(param.shape, generator=g) * 0.02
+            peft_model.save_pretrained(path)
     return paths
 
 
-# --- one configuration (child process) --------------------------------------------------------
+# --- one engine (child process) --------------------------------------------------------------
 
 
-def run_one(
-    config: Config, workload: Workload, base_model: Path, profile: bool
-) -> dict[str, object]:
-    """Start the engine, warm it up (adapters loaded), serve the workload; return its figures."""
+def _cpu_seconds() -> float:
+    """CPU time so far of this process and all its descendants (the engine core, its workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run_engine(
+    engine: Engine, workloads: tuple[Workload, ...], size: Size, base_model: Path, profile: bool
+) -> None:
+    """Start the engine, then per workload: warm up (adapters loaded), serve, print figures."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
     adapters = ensure_adapters(base_model)
     lora_kwargs: dict[str, object] = (
         {"enable_lora": True, "max_loras": MAX_LORAS, "max_lora_rank": 16}
-        if config.enable_lora
+        if engine.enable_lora
         else {}
     )
     llm = LLM(
         model=str(base_model),
         dtype="bfloat16",
         max_model_len=1024,
-        max_num_seqs=max(workload.requests, 8),
+        max_num_seqs=max(size.requests, 8),
         seed=0,
         **lora_kwargs,
     )
+    texts = prompts(size.requests)
+    params = SamplingParams(max_tokens=size.max_tokens, temperature=0.0, ignore_eos=True)
+    for workload in workloads:
 
-    def lora_for(i: int) -> LoRARequest | None:
-        if config.kind is None:
-            return None
-        k = i % config.num_adapters
-        return LoRARequest(f"{config.kind}-{k}", 1 + k, str(adapters[config.kind][k]))
+        def lora_for(i: int, workload: Workload = workload) -> LoRARequest | None:
+            if workload.kind is None:
+                return None
+            k = i % workload.num_adapters
+            path = adapters[workload.kind][k]
+            return LoRARequest(f"{workload.kind}-{k}", 1 + k + 100 * len(workload.kind), str(path))
 
-    texts = prompts(workload.requests)
-    # warm-up: every adapter of the run loaded into a slot, kernels touched once
-    warm = min(workload.requests, max(config.num_adapters, 2))
-    llm.generate(
-        texts[:warm],
-        SamplingParams(max_tokens=2, temperature=0.0),
-        lora_request=[lora_for(i) for i in range(warm)],
-        use_tqdm=False,
-    )
+        warm = min(size.requests, max(workload.num_adapters, 2))
+        llm.generate(
+            texts[:warm],
+            SamplingParams(max_tokens=2, temperature=0.0),
+            lora_request=[lora_for(i) for i in range(warm)],
+            use_tqdm=False,
+        )
+        result = _serve(llm, texts, params, lora_for, size.max_seconds, profile)
+        result["name"] = row_name(engine, workload)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
 
-    params = SamplingParams(max_tokens=workload.max_tokens, temperature=0.0, ignore_eos=True)
-    engine = llm.llm_engine
+
+def _serve(
+    llm: object,
+    texts: list[str],
+    params: object,
+    lora_for: object,
+    max_seconds: float,
+    profile: bool,
+) -> dict[str, object]:
+    engine = llm.llm_engine  # type: ignore[attr-defined]
     profiler = None
     if profile:
         from torch.profiler import ProfilerActivity
@@ -166,123 +210,148 @@ def run_one(
 
         profiler = torch_profile(activities=[ProfilerActivity.CPU])
         profiler.__enter__()
+    cpu_start = _cpu_seconds()
     start = time.perf_counter()
     for i, text in enumerate(texts):
-        engine.add_request(str(i), text, params, lora_request=lora_for(i))
+        engine.add_request(f"r{start}-{i}", text, params, lora_request=lora_for(i))  # type: ignore[operator]
     generated: dict[str, int] = {}
     cut = False
     while engine.has_unfinished_requests():
         for output in engine.step():
             generated[output.request_id] = len(output.outputs[0].token_ids)
-        if time.perf_counter() - start > workload.max_seconds:
+        if time.perf_counter() - start > max_seconds:
             cut = True
+            engine.abort_request(list(generated) + [f"r{start}-{i}" for i in range(len(texts))])
             break
     elapsed = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu_start
     if profiler is not None:
         profiler.__exit__(None, None, None)
-        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     tokens = sum(generated.values())
     return {
         "tokens": tokens,
         "seconds": round(elapsed, 2),
         "tokens_per_s": round(tokens / elapsed, 1),
+        "cpu_seconds": round(cpu, 2),
+        "tokens_per_cpu_s": round(tokens / cpu, 1) if cpu > 0 else None,
         "cut": cut,
     }
 
 
 def child_main(args: argparse.Namespace) -> None:
-    config = Config(**json.loads(args.run_one))
-    workload = Workload(**json.loads(args.workload))
-    result = run_one(config, workload, Path(args.base_model), args.profile)
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    engine = Engine(**json.loads(args.engine))
+    workloads = tuple(Workload(**w) for w in json.loads(args.workloads))
+    size = Size(**json.loads(args.size))
+    run_engine(engine, workloads, size, Path(args.base_model), args.profile)
 
 
 # --- the whole table (parent process) ---------------------------------------------------------
 
 
 def run_in_subprocess(
-    config: Config, workload: Workload, base_model: Path, profile: bool
-) -> dict[str, object]:
+    engine: Engine, workloads: tuple[Workload, ...], size: Size, base_model: Path, profile: bool
+) -> list[dict[str, object]]:
     env = dict(os.environ)
-    env["HOTSWAP_FAST_CPU_LORA"] = "1" if config.fast else "0"
+    env["HOTSWAP_FAST_CPU_LORA"] = "1" if engine.fast else "0"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     if profile:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process, profiled
     command = [
         sys.executable,
         __file__,
-        "--run-one",
-        json.dumps(asdict(config)),
-        "--workload",
-        json.dumps(asdict(workload)),
+        "--engine",
+        json.dumps(asdict(engine)),
+        "--workloads",
+        json.dumps([asdict(w) for w in workloads]),
+        "--size",
+        json.dumps(asdict(size)),
         "--base-model",
         str(base_model),
     ] + (["--profile"] if profile else [])
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     logs = proc.stdout + proc.stderr
-    if profile:
-        print(proc.stdout.split(RESULT_PREFIX)[0])
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result: dict[str, object] = json.loads(line[len(RESULT_PREFIX) :])
-            break
-    else:
-        raise RuntimeError(f"{config.name}: the engine run failed:\n{logs[-4000:]}")
-    for wrapper in ("SegmentedPunicaWrapperCPU", "PunicaWrapperCPU"):
-        if f"Using {wrapper}" in logs:
+    wrapper = next(
+        (w for w in ("SegmentedPunicaWrapperCPU", "PunicaWrapperCPU") if f"Using {w}" in logs),
+        None,
+    )
+    results = []
+    for chunk in proc.stdout.split(RESULT_PREFIX)[1:]:
+        line, _, _ = chunk.partition("\n")
+        result: dict[str, object] = json.loads(line)
+        if wrapper:
             result["wrapper"] = wrapper
-            break
-    return result
+        results.append(result)
+    if profile:
+        print(proc.stdout)
+    if len(results) != len(workloads):
+        raise RuntimeError(f"engine {engine.label!r} failed:\n{logs[-4000:]}")
+    return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--long", action="store_true", help="64 requests x 128 new tokens")
     parser.add_argument("--requests", type=int, default=None, help="default 32 (64 with --long)")
     parser.add_argument("--max-tokens", type=int, default=None, help="default 64 (128 --long)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="cut a run after this")
-    parser.add_argument("--only", action="append", default=[], help="configurations to run")
-    parser.add_argument("--profile", action="store_true", help="profile each engine")
+    parser.add_argument("--max-seconds", type=float, default=None, help="cut a workload there")
+    parser.add_argument("--only", action="append", default=[], help="workload labels to run")
+    parser.add_argument("--engines", default="no LoRA,off,on", help="comma-separated labels")
+    parser.add_argument("--profile", action="store_true", help="profile every workload")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--run-one", help=argparse.SUPPRESS)
-    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)
+    parser.add_argument("--workloads", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--base-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.run_one:
+    if args.engine:
         child_main(args)
         return
 
     from server.base_model import prepare_default_base_model
 
-    workload = Workload(
+    size = Size(
         requests=args.requests or (64 if args.long else 32),
         max_tokens=args.max_tokens or (128 if args.long else 64),
-        max_seconds=args.max_seconds or (300.0 if args.long else 45.0),
+        max_seconds=args.max_seconds or (300.0 if args.long else 40.0),
     )
     base_model = prepare_default_base_model(HOME)
     ensure_adapters(base_model)
-    selected = [c for c in configs() if not args.only or any(o in c.name for o in args.only)]
+    wanted = set(args.engines.split(","))
     print(
-        f"{workload.requests} requests x {workload.max_tokens} new tokens, greedy, ignore_eos; "
-        f"bf16; max_loras={MAX_LORAS}; runs cut after {workload.max_seconds:.0f} s"
+        f"{size.requests} requests x {size.max_tokens} new tokens, greedy, ignore_eos; bf16; "
+        f"max_loras={MAX_LORAS}; workloads cut after {size.max_seconds:.0f} s",
+        flush=True,
     )
-    results: dict[str, dict[str, object]] = {}
-    for config in selected:
-        results[config.name] = run_in_subprocess(config, workload, base_model, args.profile)
-        print(f"  {config.name}: {results[config.name]}", flush=True)
-
-    base = results.get(configs()[0].name)
-    base_tps = float(base["tokens_per_s"]) if base else None  # type: ignore[arg-type]
-    print("\n| configuration | tokens/s | × base |\n|---|---:|---:|")
-    for name, result in results.items():
-        tps = float(result["tokens_per_s"])  # type: ignore[arg-type]
-        ratio = f"{tps / base_tps:.2f}" if base_tps else "-"
-        mark = " (cut)" if result["cut"] else ""
-        print(f"| {name} | {tps:.1f}{mark} | {ratio} |")
+    results: list[dict[str, object]] = []
+    for engine, workloads in ENGINES:
+        chosen = tuple(w for w in workloads if not args.only or w.label in args.only)
+        if engine.label not in wanted or not chosen:
+            continue
+        for result in run_in_subprocess(engine, chosen, size, base_model, args.profile):
+            print(f"  {result}", flush=True)
+            results.append(result)
+    print_table(results)
     if args.json:
-        args.json.write_text(
-            json.dumps({"workload": asdict(workload), "results": results}, indent=2)
-        )
+        args.json.write_text(json.dumps({"size": asdict(size), "results": results}, indent=2))
+
+
+def print_table(results: list[dict[str, object]]) -> None:
+    base = next((r for r in results if r["name"] == "base, engine without LoRA"), None)
+    print("\n| workload / LoRA ops | tokens/s | × base | tokens per CPU s | × base |")
+    print("|---|---:|---:|---:|---:|")
+    for r in results:
+        cells = [str(r["name"])]
+        for key in ("tokens_per_s", "tokens_per_cpu_s"):
+            value = r[key]
+            reference = base[key] if base else None
+            cut = " (cut)" if r["cut"] else ""
+            cells.append(f"{value}{cut}")
+            if isinstance(value, float) and isinstance(reference, float) and reference:
+                cells.append(f"{value / reference:.2f}")
+            else:
+                cells.append("-")
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

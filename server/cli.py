@@ -77,6 +77,70 @@ def prepare_model(
     typer.echo(f"{model.name}\t{model.path}\t{model.fingerprint}")
 
 
+RecipeArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Recipe YAML.")]
+PreviousReport = Annotated[
+    Path | None,
+    typer.Option(help="report.json of the promoted adapter: the regression gate compares."),
+]
+
+
+@app.command()
+def train(
+    recipe: RecipeArg,
+    out_dir: Annotated[Path, typer.Argument(help="Run folder (checkpoints, adapter, archive).")],
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint.")] = False,
+    previous_report: PreviousReport = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a knob, e.g. train.epochs=2.")
+    ] = None,
+) -> None:
+    """Validate the data, train a LoRA adapter, evaluate it beside the base model, package it.
+    Exits 1 when the recipe's regression gate fails (the archive is still written)."""
+    from training.pipeline import run_recipe
+    from training.recipe import load_recipe
+
+    result = run_recipe(
+        load_recipe(recipe, set_ or []), out_dir, resume=resume, previous_report=previous_report
+    )
+    typer.echo((result.train.adapter_dir / "report.md").read_text())
+    typer.echo(f"archive: {result.archive}")
+    for reason in result.report.gate.reasons:
+        typer.echo(f"gate: {reason}", err=True)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    recipe: RecipeArg,
+    adapter_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False)],
+    previous_report: PreviousReport = None,
+) -> None:
+    """Score an adapter folder on its recipe's test split, through the serving engine and
+    constrained decoding, beside the base model. Exits 1 when the gate fails."""
+    from training.data import prepare_data
+    from training.evaluate import evaluate as run_evaluation
+    from training.recipe import load_recipe
+    from training.train import base_model_dir
+
+    loaded = load_recipe(recipe, [])
+    test = prepare_data(loaded).splits["test"][: loaded.eval.max_examples]
+    report = run_evaluation(
+        adapter_dir,
+        test,
+        base_dir=base_model_dir(loaded),
+        gate=loaded.eval.gate,
+        previous_report=previous_report,
+        compare_base=loaded.eval.compare_base,
+        max_tokens=loaded.eval.max_tokens,
+    )
+    typer.echo((adapter_dir / "report.md").read_text())
+    for reason in report.gate.reasons:
+        typer.echo(f"gate: {reason}", err=True)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 adapters_app = typer.Typer(help="Manage the adapters of a running server.")
 app.add_typer(adapters_app, name="adapters")
 

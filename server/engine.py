@@ -104,6 +104,10 @@ class Engine:
         """Settings the engine core process reads from its environment (it is spawned)."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_space_gib))
         os.environ["HOTSWAP_FAST_CPU_LORA"] = "1" if self._settings.fast_cpu_lora else "0"
+        # The compile guard already proved every schema compiles within its (lower) limit.
+        os.environ["VLLM_REGEX_COMPILATION_TIMEOUT_S"] = str(
+            self._settings.engine_schema_compile_timeout_s
+        )
 
     def shutdown(self) -> None:
         if self._llm is not None:

@@ -1,14 +1,14 @@
 """The domain call behind every inference route: resolve the model, frame the prompt,
-check the token budget, run it on the engine. HTTP and gRPC both call this module."""
+admit its JSON Schema, check the token budget, run it on the engine, validate the answer.
+HTTP and gRPC both call this module."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
-
-import jsonschema
 
 from server.catalog import ModelCatalog, ServedModel
 from server.engine import Chunk, Engine, Sampling
@@ -16,6 +16,8 @@ from server.errors import HotswapError, InvalidRequest, PromptTooLong, QueueFull
 from server.metrics.instruments import SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
 from server.metrics.labels import LabelTracker
 from server.metrics.requests import RequestRecorder, record_refusal
+from server.schema_policy import RETRY_MIN_TEMPERATURE, AdmittedSchema, SchemaPolicy
+from server.structured import ValidationOutcome
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,15 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A request that passed every check and is ready for the engine."""
+    """A request that passed every check and is ready for the engine. Under a schema,
+    `sampling.json_schema` is the bounded schema and `schema` holds the user's original."""
 
     model: ServedModel
     prompt_token_ids: list[int]
     sampling: Sampling
     protocol: str
     route: str
+    schema: AdmittedSchema | None = None
 
 
 @dataclass
@@ -74,8 +78,12 @@ class GenerationService:
         default_max_tokens: int,
         max_in_flight: int,
         labels: LabelTracker,
+        schemas: SchemaPolicy | None = None,
     ) -> None:
+        """`schemas` admits and judges JSON Schemas; the default bounds and validates them but
+        runs no compile guard (the server always passes one built on its guard)."""
         self._engine = engine
+        self._schemas = schemas if schemas is not None else SchemaPolicy(None)
         self._catalog = catalog
         self._max_model_len = max_model_len
         self._default_max_tokens = default_max_tokens
@@ -85,17 +93,19 @@ class GenerationService:
         # model references that resolved once -> the adapter label their metrics carry
         self._metric_names: dict[str | None, str] = {None: catalog.base.name}
 
-    def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Resolve, frame and budget a request; raises a `HotswapError` naming the problem
-        (and counts the refusal)."""
+    async def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Resolve, frame, admit the schema of and budget a request; raises a `HotswapError`
+        naming the problem (and counts the refusal). A schema is bounded and compiled in the
+        sandbox here, before the engine sees it; with one, `max_tokens` is at least what its
+        longest document needs (unset: exactly that), so a document is never cut."""
         try:
-            return self._prepare(request)
+            return await self._prepare(request)
         except HotswapError as exc:
             adapter = self._metric_names.get(request.model, UNKNOWN_ADAPTER)
             record_refusal(adapter, request.protocol, request.route, exc.code)
             raise
 
-    def _prepare(self, request: GenerationRequest) -> PreparedRequest:
+    async def _prepare(self, request: GenerationRequest) -> PreparedRequest:
         if self._in_flight >= self._max_in_flight:
             raise QueueFull(
                 f"{self._in_flight} requests are in flight, the limit is {self._max_in_flight}; "
@@ -114,12 +124,6 @@ class GenerationService:
             )
             if schema is None and task is not None:
                 schema = task.output_schema
-        if schema is not None:
-            try:
-                _check_schema(schema)
-            except InvalidRequest:
-                SCHEMA_OUTCOMES.labels(model.name, "refused").inc()
-                raise
         if messages is not None:
             prompt_ids = self._engine.render_chat(messages)
         elif request.prompt is not None:
@@ -128,14 +132,21 @@ class GenerationService:
             raise InvalidRequest("The request has no input.")
         if not prompt_ids:
             raise InvalidRequest("The prompt is empty.")
-        max_tokens = self._budget(len(prompt_ids), request.max_tokens)
+        admitted: AdmittedSchema | None = None
+        if schema is not None:
+            try:
+                admitted = await self._schemas.admit(schema)
+            except InvalidRequest:
+                SCHEMA_OUTCOMES.labels(model.name, "refused").inc()
+                raise
+        max_tokens = self._budget(len(prompt_ids), request.max_tokens, admitted, model.name)
         sampling = Sampling(
             max_tokens=max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
             stop=tuple(request.stop),
-            json_schema=schema,
+            json_schema=admitted.bounded if admitted is not None else None,
         )
         return PreparedRequest(
             model=model,
@@ -143,9 +154,16 @@ class GenerationService:
             sampling=sampling,
             protocol=request.protocol,
             route=request.route,
+            schema=admitted,
         )
 
-    def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
+    def _budget(
+        self,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        admitted: AdmittedSchema | None = None,
+        adapter: str = "",
+    ) -> int:
         limit = self._max_model_len
         if max_tokens is not None and max_tokens > limit:
             raise InvalidRequest(
@@ -157,6 +175,14 @@ class GenerationService:
                 f"The prompt is {prompt_tokens} tokens, {prompt_tokens - limit + 1} more than "
                 f"the context of {limit} tokens leaves room for (at least 1 token to generate)."
             )
+        if admitted is not None:
+            try:
+                needed = self._schemas.max_tokens(admitted, max_tokens, room, limit)
+            except HotswapError:
+                SCHEMA_OUTCOMES.labels(adapter, "refused").inc()
+                raise
+            if needed is not None and max_tokens is None:
+                return needed
         if max_tokens is None:
             return min(self._default_max_tokens, room)
         if max_tokens > room:
@@ -170,8 +196,40 @@ class GenerationService:
         self, prepared: PreparedRequest, request_id: str, result: GenerationResult | None = None
     ) -> AsyncGenerator[Chunk, None]:
         """The engine's chunks as they come; closing the iterator aborts the request. When the
-        stream ends, `result` (if given) holds the whole text, parsed and validated."""
+        stream ends, `result` (if given) holds the whole text, parsed and validated; under a
+        schema, a document that fails it raises `SchemaViolation` after the last chunk (text
+        already sent cannot be retried: `complete` retries)."""
         result = result if result is not None else GenerationResult(model=prepared.model)
+        async with aclosing(self._attempt(prepared, request_id, result)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        outcome = self._judge(prepared, result, retrying=False)
+        if outcome is not None and not outcome.valid and prepared.schema is not None:
+            raise self._schemas.violation(prepared.schema, outcome, attempts=1)
+
+    async def complete(self, prepared: PreparedRequest, request_id: str) -> GenerationResult:
+        """Run to the end and return the whole text. Under a schema the document validates
+        against the user's schema: one that does not is generated again (up to the policy's
+        `max_retries`, another seed, temperature > 0, counted `retried`); the last failure
+        raises `SchemaViolation`. Usage counts the returned attempt only."""
+        retries = self._schemas.max_retries if prepared.schema is not None else 0
+        for attempt in range(retries + 1):
+            run = prepared if attempt == 0 else _retry(prepared, attempt)
+            result = GenerationResult(model=prepared.model)
+            run_id = request_id if attempt == 0 else f"{request_id}-retry{attempt}"
+            async with aclosing(self._attempt(run, run_id, result)) as chunks:
+                async for _ in chunks:
+                    pass
+            outcome = self._judge(prepared, result, retrying=attempt < retries)
+            if outcome is None or outcome.valid:
+                return result
+        assert prepared.schema is not None and outcome is not None
+        raise self._schemas.violation(prepared.schema, outcome, attempts=retries + 1)
+
+    async def _attempt(
+        self, prepared: PreparedRequest, request_id: str, result: GenerationResult
+    ) -> AsyncGenerator[Chunk, None]:
+        """One engine run; fills in `result` (text, counts) as it goes."""
         result.prompt_tokens = len(prepared.prompt_token_ids)
         model = prepared.model
         recorder = RequestRecorder(
@@ -197,39 +255,32 @@ class GenerationService:
             self._in_flight -= 1
             recorder.finish(status, result.prompt_tokens, result.completion_tokens)
         result.text = "".join(parts)
-        self._judge(prepared, result)
 
-    def _judge(self, prepared: PreparedRequest, result: GenerationResult) -> None:
-        """Parse and validate the output under a schema; count its outcome and labels."""
-        schema = prepared.sampling.json_schema
-        if schema is None:
-            return
-        result.output, result.valid = _parse_output(result.text, schema)
-        outcome = "valid" if result.valid else "invalid"
-        SCHEMA_OUTCOMES.labels(prepared.model.name, outcome).inc()
-        if result.valid:
-            self._labels.observe(prepared.model.name, prepared.model.task, result.output)
-
-    async def complete(self, prepared: PreparedRequest, request_id: str) -> GenerationResult:
-        """Run to the end and return the whole text (parsed and validated under a schema)."""
-        result = GenerationResult(model=prepared.model)
-        async for _ in self.stream(prepared, request_id, result):
-            pass
-        return result
-
-
-def _check_schema(schema: dict[str, Any]) -> None:
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise InvalidRequest(f"The JSON Schema is invalid: {exc.message}") from exc
+    def _judge(
+        self, prepared: PreparedRequest, result: GenerationResult, retrying: bool
+    ) -> ValidationOutcome | None:
+        """Validate the output against the user's original schema; count its outcome (an
+        invalid one about to be retried counts as `retried`) and its labels."""
+        admitted = prepared.schema
+        if admitted is None:
+            return None
+        outcome = self._schemas.judge(admitted, result.text)
+        result.output, result.valid = outcome.document, outcome.valid
+        name = prepared.model.name
+        if outcome.valid:
+            SCHEMA_OUTCOMES.labels(name, "valid").inc()
+            self._labels.observe(name, prepared.model.task, result.output)
+        else:
+            SCHEMA_OUTCOMES.labels(name, "retried" if retrying else "invalid").inc()
+        return outcome
 
 
-def _parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, bool]:
-    """(parsed document or None, whether it validates against `schema`)."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        return None, False
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    return document, validator.is_valid(document)
+def _retry(prepared: PreparedRequest, attempt: int) -> PreparedRequest:
+    """The same request with another seed and a temperature that lets it differ."""
+    sampling = prepared.sampling
+    retry = dataclasses.replace(
+        sampling,
+        seed=(sampling.seed or 0) + attempt,
+        temperature=max(sampling.temperature, RETRY_MIN_TEMPERATURE),
+    )
+    return dataclasses.replace(prepared, sampling=retry)

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.auth import Role
+from server.structured.limits import SchemaLimits
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 StructuredBackend = Literal["outlines", "xgrammar", "guidance"]
@@ -52,6 +53,34 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences scheduled per step.")
     structured_outputs_backend: StructuredBackend = Field(
         default="outlines", description="Constrained-decoding backend."
+    )
+    schema_compile_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="CPU seconds a schema may take to compile in the guard's sandbox; more: 422.",
+    )
+    schema_compile_memory_mb: int = Field(
+        default=2048, ge=64, description="Address-space limit of the schema compile sandbox, MB."
+    )
+    schema_limits: SchemaLimits = Field(
+        default_factory=SchemaLimits,
+        description="Caps bounding a schema's open parts (JSON); user bounds are never tightened.",
+    )
+    schema_max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Extra attempts when a document fails its schema (unenforced keywords).",
+    )
+    schema_vocab_cache_dir: Path | None = Field(
+        default=None,
+        description="Where the guard caches the tokenizer vocabulary; unset: "
+        "~/.cache/hotswap/structured (shared by every home).",
+    )
+    engine_schema_compile_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        description="The engine's own compile timeout (VLLM_REGEX_COMPILATION_TIMEOUT_S), well "
+        "above the guard's: a schema the guard accepted must not time out under load.",
     )
     kv_cache_space_gib: int = Field(
         default=2, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE), in GiB."

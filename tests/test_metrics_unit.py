@@ -63,7 +63,7 @@ def test_no_reference_means_counts_without_drift() -> None:
     assert tracker.status("t3") is None
 
 
-def test_unknown_models_are_counted_under_one_label() -> None:
+async def test_unknown_models_are_counted_under_one_label() -> None:
     gen, _ = service()
     before = sample(
         "hotswap_requests_total",
@@ -74,7 +74,7 @@ def test_unknown_models_are_counted_under_one_label() -> None:
         status="model_not_found",
     )
     with pytest.raises(ModelNotFound):
-        gen.prepare(GenerationRequest(model="some-random-name-123", prompt="x"))
+        await gen.prepare(GenerationRequest(model="some-random-name-123", prompt="x"))
     after = sample(
         "hotswap_requests_total",
         adapter="unknown",
@@ -90,7 +90,7 @@ async def test_outcomes_tokens_and_stats() -> None:
     gen, _ = service(reply='{"label": "x"}')
     before = adapter_stats("a", LabelTracker())
     tokens_before = sample("hotswap_completion_tokens_total", adapter="a", protocol="grpc")
-    prepared = gen.prepare(GenerationRequest(model="a", task_input="hi", protocol="grpc"))
+    prepared = await gen.prepare(GenerationRequest(model="a", task_input="hi", protocol="grpc"))
     result = await gen.complete(prepared, "m1")
     assert result.valid is True
     after = adapter_stats("a", LabelTracker())

@@ -91,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--previous-report", type=Path, default=None)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.epochs=2"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     result = run_recipe(
-        load_recipe(args.recipe),
+        load_recipe(args.recipe, args.set),
         args.out_dir,
         resume=args.resume,
         previous_report=args.previous_report,

@@ -6,6 +6,7 @@ gate. Relative paths are resolved against the recipe file's folder, then the rep
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,8 +211,8 @@ class Recipe(BaseModel):
             return candidate
         for root in (self.source_dir, REPO_ROOT):
             if (root / candidate).exists() or any(root.glob(path)):
-                return root / candidate
-        return self.source_dir / candidate
+                return Path(os.path.normpath(root / candidate))
+        return Path(os.path.normpath(self.source_dir / candidate))
 
     def resolve_all(self, patterns: list[str]) -> list[Path]:
         """Expand globs; raises RecipeError naming a pattern that matches nothing."""
@@ -237,14 +238,30 @@ class Recipe(BaseModel):
         }
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Parse a recipe YAML file; raises RecipeError with the offending field."""
+def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
+    """Parse a recipe YAML file; raises RecipeError with the offending field.
+
+    `overrides` are `dotted.key=YAML value` strings applied on top, e.g.
+    `["train.epochs=2", "data.split.train_per_label=30"]`.
+    """
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path} must be a YAML mapping")
+    for override in overrides or []:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {override!r} must look like section.key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {override!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(value)
     try:
         return Recipe.model_validate({**raw, "source_dir": path.resolve().parent})
     except ValidationError as exc:

@@ -26,7 +26,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
         self, request: pb.GenerateRequest, context: Any
     ) -> pb.GenerateResponse:
         generation = self.ready().generation
-        prepared = generation.prepare(domain_request(request))
+        prepared = await generation.prepare(domain_request(request))
         return response(await generation.complete(prepared, _request_id()))
 
     @guarded(Role.INFER)
@@ -34,7 +34,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
         self, request: pb.GenerateRequest, context: Any
     ) -> None:
         generation = self.ready().generation
-        prepared = generation.prepare(domain_request(request))
+        prepared = await generation.prepare(domain_request(request))
         result = GenerationResult(model=prepared.model)
         stream = generation.stream(prepared, _request_id(), result)
         # Closed at once when the call is cancelled, which aborts the request in the engine.

@@ -32,7 +32,9 @@ from server.http.routes import adapters, generate, health, openai, stats
 from server.http.sse import error_body
 from server.http.state import ServerState, require
 from server.metrics.labels import LabelTracker
+from server.schema_policy import SchemaPolicy
 from server.settings import Settings
+from server.structured import CompileGuard
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,14 @@ async def _start(app: FastAPI, settings: Settings) -> None:
         limits=ArchiveLimits(max_archive_bytes=settings.max_upload_bytes),
     )
     engine = Engine(settings, base)
-    await asyncio.to_thread(engine.start_blocking)
+    guard = CompileGuard(
+        base.path,
+        timeout_s=settings.schema_compile_timeout_s,
+        memory_limit_mb=settings.schema_compile_memory_mb,
+        vocab_cache_dir=settings.schema_vocab_cache_dir,
+    )
+    app.state.schema_guard = guard  # closed by the lifespan, even if start-up fails later
+    await asyncio.gather(asyncio.to_thread(engine.start_blocking), asyncio.to_thread(guard.start))
     service = AdapterService(registry, engine)
     for name, folder in settings.adapters.items():
         await _register_folder(service, name, folder)
@@ -66,6 +75,7 @@ async def _start(app: FastAPI, settings: Settings) -> None:
         settings.default_max_tokens,
         settings.max_queued_requests,
         labels,
+        SchemaPolicy(guard, settings.schema_limits, settings.schema_max_retries),
     )
     app.state.hotswap = ServerState(
         engine=engine, catalog=catalog, generation=generation, adapters=service, labels=labels
@@ -98,6 +108,7 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
         from server.grpc_api.server import start_grpc_server, stop_grpc_server
 
         app.state.hotswap = None
+        app.state.schema_guard = None
         grpc_server = await start_grpc_server(settings, keys, lambda: app.state.hotswap)
         starting = asyncio.create_task(_start(app, settings))
         starting.add_done_callback(_stop_if_start_failed)
@@ -109,6 +120,9 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
             state: ServerState | None = app.state.hotswap
             if state is not None:
                 state.engine.shutdown()
+            guard: CompileGuard | None = app.state.schema_guard
+            if guard is not None:
+                await asyncio.to_thread(guard.close)
 
     app = FastAPI(title="hotswap", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

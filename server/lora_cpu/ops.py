@@ -7,22 +7,29 @@ names the slot it uses, `-1` for the base model. vLLM's torch reference ops
 whole weight matrix for every row, then run one matrix-vector product per row.
 
 Here the rows are grouped once per step into *segments*, one per slot in use (a `SegmentPlan`),
-and each segment costs one pair of small matrix products against the slot's weights, read in
-place. Base-model rows are skipped. Two layouts, chosen per step by `plan_segments`:
+and each segment costs one pair of small matrix products against its slot's weights. Base-model
+rows are skipped. Two layouts, chosen per step by `plan_segments`:
 
 - *padded* (decode, balanced batches): the segments are laid out as a `(slots, width, features)`
   block, `width` being the longest segment, and one batched product (`torch.bmm`) serves all
-  adapters at once. Padding rows are multiplied by zero. Few operations per layer, whatever the
-  number of adapters: what decode, dominated by per-operation overhead, needs.
-- *segments* (prefill, unbalanced batches): one `torch.mm` per segment on contiguous slices of the
-  gathered rows, so a long prompt does not pad every other adapter to its length.
+  adapters at once. A handful of operations per layer whatever the number of adapters: what
+  decode, dominated by the fixed cost of each operation, needs.
+- *segments* (prefill, unbalanced batches): one `torch.mm` per segment, so one long prompt does
+  not pad every other adapter to its length.
+
+The products run in float32 on a float32 copy of the stacks kept by a `WeightCache`, transposed
+to the layout the products read (the A of merged layers side by side, so q, k and v share one
+product). On CPU a bfloat16 product of these small shapes costs several times a float32 one
+(oneDNN sets up each call), and the copy is refreshed only when vLLM writes a slot, which it
+detects from the stacks' version counters.
 
 All functions update `y` in place, like the operations they replace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,11 +38,16 @@ import torch
 NO_LORA = -1
 """The slot index of rows served by the base model alone."""
 
+COMPUTE_DTYPE = torch.float32
+"""The dtype the products run in (their inputs are converted, the result added to `y`)."""
+
 # The padded layout is used while its padding (rows computed for nothing) stays within
 # `PAD_FACTOR * rows + PAD_ROWS_PER_SEGMENT * segments`: a padding row costs arithmetic only, a
 # segment of the per-segment layout costs a few more operations (a fixed overhead each).
 PAD_FACTOR = 1
 PAD_ROWS_PER_SEGMENT = 32
+
+Layout = Literal["auto", "padded", "segments"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,9 +56,11 @@ class SegmentPlan:
 
     `rows` lists the rows that use an adapter, grouped by slot in increasing slot order (stable
     within a slot); segment `i` is `rows[starts[i] : starts[i] + counts[i]]` and uses slot
-    `slots[i]`. When the padded layout is chosen, `padded_rows` lays those rows out as a
-    `(slot_span, width)` block (slot `first_slot + p` in block row `p`), padding entries pointing
-    at row 0 and masked by `padded_mask`.
+    `slots[i]`. Products write their results in *plan order*: the order of `rows`, or with the
+    padded layout the `(slot_span, width)` block where slot `first_slot + p` fills block row `p`
+    (`padded_rows` gives the batch row of each entry; padding entries repeat a real row and their
+    results are never read). `gather_index[row]` is where a batch row's result lies in plan
+    order, so one gather puts results back in batch order.
     """
 
     num_rows: int
@@ -60,11 +74,11 @@ class SegmentPlan:
     slot_span: int
     width: int
     padded_rows: torch.Tensor | None
-    padded_mask: torch.Tensor | None
-    """`(slot_span, width, 1)` float32, 1 on real rows, 0 on padding; None without padding."""
-    _scales: dict[tuple[torch.dtype, float], torch.Tensor | None] = field(
-        default_factory=dict, repr=False
-    )
+    """Batch row of each padded-block entry; None with the per-segment layout."""
+    gather_index: torch.Tensor
+    """`(num_rows,)`: position in plan order of each batch row's result (0 for base rows)."""
+    lora_row_mask: torch.Tensor | None
+    """`(num_rows, 1)` float32, 1 on adapter rows and 0 on base rows; None without base rows."""
 
     @property
     def num_lora_rows(self) -> int:
@@ -81,22 +95,10 @@ class SegmentPlan:
         """True when the batched (padded) layout is used."""
         return self.padded_rows is not None
 
-    def row_scale(self, dtype: torch.dtype, scale: float) -> torch.Tensor | None:
-        """The `(slot_span, width, 1)` factor that zeroes padding rows and applies `scale`.
-
-        None when there is neither padding to zero nor a scale to apply.
-        """
-        key = (dtype, float(scale))
-        if key not in self._scales:
-            if self.padded_mask is None:
-                factor = None if scale == 1.0 else torch.full((1, 1, 1), scale, dtype=dtype)
-            else:
-                factor = (self.padded_mask * scale).to(dtype)
-            self._scales[key] = factor
-        return self._scales[key]
-
-
-Layout = Literal["auto", "padded", "segments"]
+    @property
+    def sliced(self) -> bool:
+        """True when the adapter rows are one contiguous range, already in plan order."""
+        return self.row_range is not None and (self.padded_rows is None or self.slot_span == 1)
 
 
 def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan:
@@ -108,8 +110,8 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
     indices = indices.reshape(-1).to(device="cpu", dtype=torch.long)
     num_rows = int(indices.shape[0])
     lora_rows = torch.nonzero(indices != NO_LORA).flatten()
-    lora_slots = indices[lora_rows]
-    if lora_rows.numel() == 0:
+    num_lora_rows = int(lora_rows.shape[0])
+    if num_lora_rows == 0:
         return SegmentPlan(
             num_rows=num_rows,
             rows=lora_rows,
@@ -121,8 +123,10 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
             slot_span=0,
             width=0,
             padded_rows=None,
-            padded_mask=None,
+            gather_index=torch.zeros(num_rows, dtype=torch.long),
+            lora_row_mask=None,
         )
+    lora_slots = indices[lora_rows]
     order = torch.argsort(lora_slots, stable=True)
     rows = lora_rows[order]
     sorted_slots = lora_slots[order]
@@ -133,7 +137,6 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
     for count in counts[:-1]:
         starts_list.append(starts_list[-1] + count)
     starts = tuple(starts_list)
-    num_lora_rows = int(rows.shape[0])
 
     first_row = int(rows[0])
     row_range: tuple[int, int] | None = None
@@ -145,27 +148,27 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
     first_slot = slots[0]
     slot_span = slots[-1] - first_slot + 1
     width = max(counts)
-    padded_rows: torch.Tensor | None = None
-    padded_mask: torch.Tensor | None = None
     padded_size = slot_span * width
     use_padded = layout == "padded" or (
         layout == "auto"
         and padded_size - num_lora_rows
         <= PAD_FACTOR * num_lora_rows + PAD_ROWS_PER_SEGMENT * len(slots)
     )
+    position = torch.arange(num_lora_rows)  # plan-order position of each entry of `rows`
+    padded_rows: torch.Tensor | None = None
     if use_padded:
-        rank_in_segment = torch.arange(num_lora_rows) - torch.repeat_interleave(
-            torch.tensor(starts), counts_t
-        )
+        rank_in_segment = position - torch.repeat_interleave(torch.tensor(starts), counts_t)
         position = (sorted_slots - first_slot) * width + rank_in_segment
         if padded_size == num_lora_rows:
             padded_rows = rows
         else:
-            padded_rows = torch.zeros(padded_size, dtype=torch.long)
+            padded_rows = torch.full((padded_size,), first_row, dtype=torch.long)
             padded_rows[position] = rows
-            mask = torch.zeros(padded_size, dtype=torch.float32)
-            mask[position] = 1.0
-            padded_mask = mask.view(slot_span, width, 1)
+    gather_index = torch.zeros(num_rows, dtype=torch.long)
+    gather_index[rows] = position
+    lora_row_mask: torch.Tensor | None = None
+    if num_lora_rows < num_rows:
+        lora_row_mask = (indices != NO_LORA).to(torch.float32).unsqueeze(1)
     return SegmentPlan(
         num_rows=num_rows,
         rows=rows,
@@ -177,8 +180,12 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
         slot_span=slot_span,
         width=width,
         padded_rows=padded_rows,
-        padded_mask=padded_mask,
+        gather_index=gather_index,
+        lora_row_mask=lora_row_mask,
     )
+
+
+# --- weights ---------------------------------------------------------------------------------
 
 
 def _as_3d(stacked: torch.Tensor) -> torch.Tensor:
@@ -190,81 +197,181 @@ def _as_3d(stacked: torch.Tensor) -> torch.Tensor:
     return stacked
 
 
-def _slot_weights(stacked: torch.Tensor, plan: SegmentPlan, dtype: torch.dtype) -> torch.Tensor:
-    """The `(slot_span, m, n)` weights of the slots the plan's padded block covers."""
-    weights = _as_3d(stacked)[plan.first_slot : plan.first_slot + plan.slot_span]
-    return weights if weights.dtype == dtype else weights.to(dtype)
+def _version(tensor: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter; None where torch keeps none (inference tensors)."""
+    try:
+        return int(tensor._version)
+    except RuntimeError:
+        return None
 
 
-def _weight(stacked3: torch.Tensor, slot: int, dtype: torch.dtype) -> torch.Tensor:
-    weight = stacked3[slot]
-    return weight if weight.dtype == dtype else weight.to(dtype)
+@dataclass(eq=False)
+class CachedWeights:
+    """Float32 weights of all slots in product layout, and which slots hold nonzero weights.
+
+    `nonzero[part][slot]` is False when that slot's weights of that part (slice) are all zero:
+    vLLM gives every supported layer LoRA stacks, and an adapter that does not target a layer
+    (a q,v adapter in the MLP) leaves its slot there zeroed; such products are skipped.
+    """
+
+    weights: torch.Tensor
+    nonzero: tuple[tuple[bool, ...], ...]
+
+    def any_nonzero(self, part: int, slots: Sequence[int]) -> bool:
+        """Whether any of `slots` holds nonzero weights in `part`."""
+        flags = self.nonzero[part]
+        return any(flags[slot] for slot in slots)
 
 
-def _gather_rows(x: torch.Tensor, plan: SegmentPlan, dtype: torch.dtype) -> torch.Tensor:
-    """The plan's rows of `x`, `(num_lora_rows, n)`, in segment order."""
-    if plan.row_range is not None:
-        picked = x[plan.row_range[0] : plan.row_range[1]]
-    else:
-        picked = x.index_select(0, plan.rows)
-    return picked if picked.dtype == dtype else picked.to(dtype)
+@dataclass(eq=False)
+class _Entry:
+    refs: tuple[weakref.ref[torch.Tensor], ...]
+    versions: tuple[int, ...]
+    cached: CachedWeights
 
 
-def _gather_padded(x: torch.Tensor, plan: SegmentPlan, dtype: torch.dtype) -> torch.Tensor:
-    """The plan's rows of `x` laid out as `(slot_span, width, n)`."""
-    assert plan.padded_rows is not None
-    if plan.slot_span == 1 and plan.row_range is not None:
-        picked = x[plan.row_range[0] : plan.row_range[1]]
-    else:
-        picked = x.index_select(0, plan.padded_rows)
-    if picked.dtype != dtype:
-        picked = picked.to(dtype)
-    return picked.view(plan.slot_span, plan.width, x.shape[-1])
+Builder = Callable[[tuple[torch.Tensor, ...], torch.Tensor | None], torch.Tensor]
 
 
-def _scatter_add(y: torch.Tensor, delta: torch.Tensor, plan: SegmentPlan, *, padded: bool) -> None:
-    """`y[row] += delta[i]` for the plan's rows (`delta` in plan order, padded or not)."""
-    if delta.dtype != y.dtype:
-        delta = delta.to(y.dtype)
-    if plan.row_range is not None and (not padded or plan.slot_span == 1):
-        y[plan.row_range[0] : plan.row_range[1]] += delta
-        return
-    index = plan.padded_rows if padded else plan.rows
-    assert index is not None
-    y.index_add_(0, index, delta)
+@dataclass(eq=False)
+class WeightCache:
+    """Float32 copies of slot-stacked LoRA weights, transposed for the products, kept current.
+
+    An entry is rebuilt whenever one of its source stacks was written in place since (vLLM
+    loads an adapter into a slot with `copy_`, which bumps the stack's version counter) and
+    dropped when a source stack is freed. Stacks without a version counter are converted on
+    every call.
+    """
+
+    _entries: dict[tuple[object, ...], _Entry] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def shrink_weights(self, lora_a_stacked: Sequence[torch.Tensor]) -> CachedWeights:
+        """`(slots, in, sum of ranks)`: the A of every slice, transposed, side by side."""
+        return self._get(("a", *map(id, lora_a_stacked)), tuple(lora_a_stacked), _build_shrink)
+
+    def expand_weights(self, lora_b_stacked: torch.Tensor, size: int) -> CachedWeights:
+        """`(slots, rank, size)`: B transposed, its first `size` outputs."""
+
+        def build(stacks: tuple[torch.Tensor, ...], out: torch.Tensor | None) -> torch.Tensor:
+            return _build_expand(stacks[0], size, out)
+
+        return self._get(("b", id(lora_b_stacked), size), (lora_b_stacked,), build)
+
+    def _get(
+        self, key: tuple[object, ...], stacks: tuple[torch.Tensor, ...], build: Builder
+    ) -> CachedWeights:
+        versions = tuple(_version(s) for s in stacks)
+        if any(v is None for v in versions):
+            weights = build(stacks, None)
+            slots = weights.shape[0]
+            return CachedWeights(weights, tuple((True,) * slots for _ in stacks))
+        entry = self._entries.get(key)
+        if entry is not None and all(r() is s for r, s in zip(entry.refs, stacks, strict=True)):
+            if entry.versions != versions:
+                weights = build(stacks, entry.cached.weights)  # refreshed in place when it fits
+                entry.cached = CachedWeights(weights, _nonzero_slots(stacks))
+                entry.versions = versions  # type: ignore[assignment]
+            return entry.cached
+        entries = self._entries
+
+        def forget(_: object, key: tuple[object, ...] = key) -> None:
+            entries.pop(key, None)
+
+        entry = _Entry(
+            refs=tuple(weakref.ref(s, forget) for s in stacks),
+            versions=versions,  # type: ignore[arg-type]
+            cached=CachedWeights(build(stacks, None), _nonzero_slots(stacks)),
+        )
+        self._entries[key] = entry
+        return entry.cached
 
 
-def _shrink_padded(
-    x_block: torch.Tensor, a3: torch.Tensor, plan: SegmentPlan, scale: float
-) -> torch.Tensor:
-    """`(slot_span, width, rank)`: `scale * x @ A^T` per slot, zero on padding rows."""
-    t = torch.bmm(x_block, a3.transpose(1, 2))
-    factor = plan.row_scale(t.dtype, scale)
-    if factor is not None:
-        t.mul_(factor)
-    return t
+def _nonzero_slots(stacks: tuple[torch.Tensor, ...]) -> tuple[tuple[bool, ...], ...]:
+    flags = []
+    for stack in stacks:
+        s3 = _as_3d(stack)
+        flags.append(tuple(bool(f) for f in s3.reshape(s3.shape[0], -1).ne(0).any(dim=1)))
+    return tuple(flags)
 
 
-def _shrink_segments(
-    x_rows: torch.Tensor, a3: torch.Tensor, plan: SegmentPlan, scale: float
-) -> torch.Tensor:
-    """`(num_lora_rows, rank)`: `scale * x @ A^T`, one product per segment."""
-    t = torch.empty(x_rows.shape[0], a3.shape[1], dtype=x_rows.dtype)
-    for slot, start, count in zip(plan.slots, plan.starts, plan.counts, strict=True):
-        seg = slice(start, start + count)
-        torch.mm(x_rows[seg], _weight(a3, slot, x_rows.dtype).t(), out=t[seg])
-    if scale != 1.0:
-        t.mul_(scale)
-    return t
+def _fits(out: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
+    return out is not None and tuple(out.shape) == shape
 
 
-def _expand_segments(t: torch.Tensor, b3: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
-    """`(num_lora_rows, out)`: `t @ B^T`, one product per segment."""
-    out = torch.empty(t.shape[0], b3.shape[1], dtype=t.dtype)
-    for slot, start, count in zip(plan.slots, plan.starts, plan.counts, strict=True):
-        seg = slice(start, start + count)
-        torch.mm(t[seg], _weight(b3, slot, t.dtype).t(), out=out[seg])
+def _build_shrink(stacks: tuple[torch.Tensor, ...], out: torch.Tensor | None) -> torch.Tensor:
+    parts = [_as_3d(s).transpose(1, 2) for s in stacks]  # (slots, in, rank) each
+    shape = (parts[0].shape[0], parts[0].shape[1], sum(p.shape[2] for p in parts))
+    if out is None or not _fits(out, shape):
+        out = torch.empty(shape, dtype=COMPUTE_DTYPE)
+    col = 0
+    for part in parts:
+        out[:, :, col : col + part.shape[2]].copy_(part)
+        col += part.shape[2]
     return out
+
+
+def _build_expand(stack: torch.Tensor, size: int, out: torch.Tensor | None) -> torch.Tensor:
+    part = _as_3d(stack)[:, :size].transpose(1, 2)  # (slots, rank, size)
+    if out is None or not _fits(out, tuple(part.shape)):
+        out = torch.empty(tuple(part.shape), dtype=COMPUTE_DTYPE)
+    out.copy_(part)
+    return out
+
+
+# --- the products --------------------------------------------------------------------------
+
+
+def _gather(x: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    """The plan's rows of `x` in plan order, float32: `(slot_span, width, n)` when padded,
+    `(num_lora_rows, n)` otherwise."""
+    if plan.sliced:
+        assert plan.row_range is not None
+        picked = x[plan.row_range[0] : plan.row_range[1]]
+    else:
+        index = plan.padded_rows if plan.padded_rows is not None else plan.rows
+        picked = x.index_select(0, index)
+    picked = picked.to(COMPUTE_DTYPE)
+    if plan.padded:
+        return picked.view(plan.slot_span, plan.width, x.shape[-1])
+    return picked
+
+
+def _product(rows: torch.Tensor, weights: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    """`rows @ weights[slot]` per segment; `rows` and the result in plan order.
+
+    `weights` is `(slots, k, n)` float32 for all slots; `rows` is `(slot_span, width, k)` when
+    padded (one batched product), `(num_lora_rows, k)` otherwise (one product per segment).
+    """
+    if plan.padded:
+        return torch.bmm(rows, weights[plan.first_slot : plan.first_slot + plan.slot_span])
+    out = torch.empty(rows.shape[0], weights.shape[2], dtype=COMPUTE_DTYPE)
+    for slot, start, count in zip(plan.slots, plan.starts, plan.counts, strict=True):
+        torch.mm(rows[start : start + count], weights[slot], out=out[start : start + count])
+    return out
+
+
+def _add_to_rows(y: torch.Tensor, result: torch.Tensor, plan: SegmentPlan) -> None:
+    """`y[row] += result[plan position of row]` for the adapter rows; base rows unchanged."""
+    flat = result.reshape(-1, result.shape[-1])
+    if plan.sliced:
+        assert plan.row_range is not None
+        y[plan.row_range[0] : plan.row_range[1]].add_(flat)
+        return
+    picked = flat.index_select(0, plan.gather_index)
+    if plan.lora_row_mask is None:
+        y.add_(picked)
+    else:
+        y.addcmul_(picked, plan.lora_row_mask)
+
+
+def _zero_rows(target: torch.Tensor, plan: SegmentPlan) -> None:
+    if plan.row_range is not None:
+        target[plan.row_range[0] : plan.row_range[1]] = 0
+    else:
+        target.index_fill_(0, plan.rows, 0)
 
 
 def lora_shrink(
@@ -273,26 +380,22 @@ def lora_shrink(
     lora_a_stacked: torch.Tensor,
     plan: SegmentPlan,
     scale: float = 1.0,
+    cache: WeightCache | None = None,
 ) -> None:
     """`y[i, :rank] += scale * x[i] @ A[slot(i)]^T` for every row `i` that uses an adapter.
 
-    `y` is `(rows, >= rank)` (usually a float32 buffer), `x` is `(rows, in)`, `lora_a_stacked`
-    is `(slots, 1, rank, in)`. Base-model rows of `y` are left as they are.
+    `y` is `(rows, >= rank)` (vLLM passes a zeroed float32 buffer), `x` is `(rows, in)`,
+    `lora_a_stacked` is `(slots, 1, rank, in)`. Base-model rows of `y` are left as they are.
     """
     if plan.empty:
         return
-    a3 = _as_3d(lora_a_stacked)
-    rank = a3.shape[1]
-    target = y[:, :rank]
-    dtype = x.dtype
-    if plan.padded:
-        t = _shrink_padded(
-            _gather_padded(x, plan, dtype), _slot_weights(a3, plan, dtype), plan, scale
-        )
-        _scatter_add(target, t.view(-1, rank), plan, padded=True)
-    else:
-        t = _shrink_segments(_gather_rows(x, plan, dtype), a3, plan, scale)
-        _scatter_add(target, t, plan, padded=False)
+    a = (cache if cache is not None else WeightCache()).shrink_weights((lora_a_stacked,))
+    if not a.any_nonzero(0, plan.slots):
+        return
+    t = _product(_gather(x, plan), a.weights, plan)
+    if scale != 1.0:
+        t.mul_(scale)
+    _add_to_rows(y[:, : a.weights.shape[2]], t, plan)
 
 
 def lora_expand(
@@ -303,42 +406,27 @@ def lora_expand(
     offset: int = 0,
     size: int | None = None,
     add_inputs: bool = True,
+    cache: WeightCache | None = None,
 ) -> None:
     """`y[i, offset : offset + size] (+)= x[i] @ B[slot(i)]^T` for rows `i` that use an adapter.
 
-    `y` is `(rows, >= offset + size)`, `x` is `(rows, rank)` (usually float32, cast to `y`'s
-    dtype like the reference op), `lora_b_stacked` is `(slots, 1, out, rank)`. `size` defaults to
-    `min(out, y.shape[1] - offset)`; only the first `size` outputs of `B` are used. With
-    `add_inputs=False` the adapter rows are overwritten; base-model rows are never touched.
+    `y` is `(rows, >= offset + size)`, `x` is `(rows, rank)` (vLLM's float32 buffer),
+    `lora_b_stacked` is `(slots, 1, out, rank)`. `size` defaults to `min(out, y.shape[1] -
+    offset)`; only the first `size` outputs of B are used. With `add_inputs=False` the adapter
+    rows are overwritten; base-model rows are never touched.
     """
     if plan.empty:
         return
-    b3 = _as_3d(lora_b_stacked)
     if size is None:
-        size = min(b3.shape[1], y.shape[1] - offset)
-    b3 = b3[:, :size]
+        size = min(_as_3d(lora_b_stacked).shape[1], y.shape[1] - offset)
     target = y[:, offset : offset + size]
     if not add_inputs:
         _zero_rows(target, plan)
-    dtype = y.dtype
-    rank = b3.shape[2]
-    if plan.padded:
-        t = _gather_padded(x[:, :rank], plan, dtype)
-        factor = plan.row_scale(dtype, 1.0)
-        if factor is not None:
-            t = t * factor
-        delta = torch.bmm(t, _slot_weights(b3, plan, dtype).transpose(1, 2))
-        _scatter_add(target, delta.view(-1, size), plan, padded=True)
-    else:
-        t = _gather_rows(x[:, :rank], plan, dtype)
-        _scatter_add(target, _expand_segments(t, b3, plan), plan, padded=False)
-
-
-def _zero_rows(target: torch.Tensor, plan: SegmentPlan) -> None:
-    if plan.row_range is not None:
-        target[plan.row_range[0] : plan.row_range[1]] = 0
-    else:
-        target.index_fill_(0, plan.rows, 0)
+    b = (cache if cache is not None else WeightCache()).expand_weights(lora_b_stacked, size)
+    if not b.any_nonzero(0, plan.slots):
+        return
+    rank = b.weights.shape[1]
+    _add_to_rows(target, _product(_gather(x[:, :rank], plan), b.weights, plan), plan)
 
 
 def lora_linear(
@@ -350,6 +438,7 @@ def lora_linear(
     output_slices: Sequence[int],
     plan: SegmentPlan,
     offset_start: int = 0,
+    cache: WeightCache | None = None,
 ) -> None:
     """The full LoRA of a (possibly merged) linear layer, added to its output `y` in place.
 
@@ -358,35 +447,32 @@ def lora_linear(
 
         y[i, o_k : o_k + output_slices[k]] += scale * (x[i] @ A_k[slot(i)]^T) @ B_k[slot(i)]^T
 
-    with `o_k = offset_start + sum(output_slices[:k])`. The rank-sized intermediate stays in the
-    activations' dtype, as the reference rounds it to `y`'s dtype before the second product.
+    with `o_k = offset_start + sum(output_slices[:k])`. The slices share one shrink product;
+    slices whose weights are zero in every slot of the batch are skipped.
     """
     if not (len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)):
         raise ValueError("lora_a_stacked, lora_b_stacked and output_slices differ in length")
     if plan.empty:
         return
-    dtype = x.dtype
-    padded = plan.padded
-    x_in = _gather_padded(x, plan, dtype) if padded else _gather_rows(x, plan, dtype)
-    deltas: list[torch.Tensor] = []
-    for a_stacked, b_stacked, size in zip(
-        lora_a_stacked, lora_b_stacked, output_slices, strict=True
-    ):
-        a3 = _as_3d(a_stacked)
-        b3 = _as_3d(b_stacked)[:, :size]
-        if padded:
-            t = _shrink_padded(x_in, _slot_weights(a3, plan, dtype), plan, scale)
-            delta = torch.bmm(t, _slot_weights(b3, plan, dtype).transpose(1, 2))
-            deltas.append(delta.view(-1, size))
-        else:
-            t = _shrink_segments(x_in, a3, plan, scale)
-            deltas.append(_expand_segments(t, b3, plan))
-    total = sum(output_slices)
-    if offset_start == 0 and total == y.shape[1]:
-        delta_all = deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1)
-        _scatter_add(y, delta_all, plan, padded=padded)
+    cache = cache if cache is not None else WeightCache()
+    a = cache.shrink_weights(lora_a_stacked)
+    work: list[tuple[int, int, int, CachedWeights]] = []  # (t column, y column, rank, B)
+    t_col, y_col = 0, offset_start
+    for k, (lora_b, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
+        rank = _as_3d(lora_a_stacked[k]).shape[1]
+        if a.any_nonzero(k, plan.slots):
+            b = cache.expand_weights(lora_b, size)
+            if b.any_nonzero(0, plan.slots):
+                work.append((t_col, y_col, rank, b))
+        t_col += rank
+        y_col += size
+    if not work:
         return
-    offset = offset_start
-    for delta, size in zip(deltas, output_slices, strict=True):
-        _scatter_add(y[:, offset : offset + size], delta, plan, padded=padded)
-        offset += size
+    t = _product(_gather(x, plan), a.weights, plan)
+    if scale != 1.0:
+        t.mul_(scale)
+    single = len(output_slices) == 1
+    for t_col, y_col, rank, b in work:
+        t_k = t if single else t[..., t_col : t_col + rank]
+        size = b.weights.shape[2]
+        _add_to_rows(y[:, y_col : y_col + size], _product(t_k, b.weights, plan), plan)

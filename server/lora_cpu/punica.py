@@ -36,6 +36,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
         self._token_plan: ops.SegmentPlan = _EMPTY_PLAN
         self._sampler_plan: ops.SegmentPlan | None = None
+        self._weights = ops.WeightCache()
 
     def update_metadata(
         self,
@@ -76,7 +77,9 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         x = x.view(-1, x.shape[-1])
         for k, lora_a in enumerate(lora_a_stacked):
             y_k = y[k]
-            ops.lora_shrink(y_k.view(-1, y_k.shape[-1]), x, lora_a, plan, scale)
+            ops.lora_shrink(
+                y_k.view(-1, y_k.shape[-1]), x, lora_a, plan, scale, cache=self._weights
+            )
 
     def add_expand(
         self,
@@ -96,7 +99,8 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         offset = offset_start
         for k, (lora_b, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
             x_k = x[k]
-            ops.lora_expand(y2, x_k.view(-1, x_k.shape[-1]), lora_b, plan, offset, size, add_inputs)
+            x_k = x_k.view(-1, x_k.shape[-1])
+            ops.lora_expand(y2, x_k, lora_b, plan, offset, size, add_inputs, cache=self._weights)
             offset += size
 
     def add_lora_embedding(
@@ -108,7 +112,9 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         **kwargs: Any,
     ) -> None:
         """`y += x @ lora_b_stacked` for the embedding layer (its A was applied by lookup)."""
-        ops.lora_expand(y, x, lora_b_stacked, self._token_plan, 0, None, add_inputs)
+        ops.lora_expand(
+            y, x, lora_b_stacked, self._token_plan, 0, None, add_inputs, cache=self._weights
+        )
 
     def add_lora_linear(
         self,
@@ -131,6 +137,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
             scale,
             output_slices,
             self._token_plan,
+            cache=self._weights,
         )
 
     def add_lora_logits(
@@ -153,4 +160,6 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
             super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer)
             return
         size = min(lora_b_stacked.shape[-2], y2.shape[-1])
-        ops.lora_linear(y2, x2, (lora_a_stacked,), (lora_b_stacked,), scale, (size,), plan)
+        ops.lora_linear(
+            y2, x2, (lora_a_stacked,), (lora_b_stacked,), scale, (size,), plan, cache=self._weights
+        )

@@ -2,14 +2,16 @@
 
 The server's path for a request with a JSON Schema:
 
-1. `check_schema(schema)`: refuse schemas that are not valid JSON Schema (422).
-2. `bound_schema(schema, limits)`: the schema sent to the engine, with a finite language.
+1-2. `prepare_schema(schema, limits)` (= `check_schema`, `bound_schema`, `find_unenforced`):
+   refuse invalid or unboundable schemas (422); `.bounded` is what the engine gets.
 3. `await guard.check(bounded)`: compile it in a sandboxed worker (timeout, memory limit);
    refused -> 422 with `verdict.reason`; accepted -> `verdict.budget.max_tokens` is what a
    complete document can need: `max_tokens` below it -> 422 stating the budget.
+   Use the verdict's budget, computed in the sandbox: `document_budget` in-process parses the
+   whole regex, which for a large schema is itself slow.
 4. Generate with the bounded schema; then `validate_document(schema, text)` against the user's
-   original schema (always cheap; required when `unenforced_keywords(schema)` is not empty),
-   retrying a bounded number of times or answering 422 listing those keywords.
+   original schema (always cheap; required when `.needs_validation`), retrying a bounded
+   number of times or answering 422 listing `.unenforced_names`.
 
 Imports are lazy so the compile worker process starts without pydantic or jsonschema.
 """
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         validate_document,
     )
     from server.structured.limits import SchemaLimits
+    from server.structured.prepare import PreparedSchema, prepare_schema
 
 _EXPORTS = {
     "bound_schema": "bounds",
@@ -59,11 +62,14 @@ _EXPORTS = {
     "unenforced_keywords": "keywords",
     "validate_document": "keywords",
     "SchemaLimits": "limits",
+    "PreparedSchema": "prepare",
+    "prepare_schema": "prepare",
 }
 __all__ = [
     "CompileGuard",
     "CompileVerdict",
     "DocumentBudget",
+    "PreparedSchema",
     "RefusalReason",
     "SchemaLimits",
     "SchemaRefusedError",
@@ -74,6 +80,7 @@ __all__ = [
     "document_budget",
     "find_unenforced",
     "max_document_chars",
+    "prepare_schema",
     "regex_budget",
     "regex_for_schema",
     "schema_digest",

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     _die_with_parent(parent_pid)
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    sys.setrecursionlimit(20_000)
+    sys.setrecursionlimit(10_000)
     started = time.perf_counter()
     try:
         vocabulary = load_vocabulary(vocab_file)

@@ -226,7 +226,9 @@ class _Bounder:
             if isinstance(branch, dict) and "allOf" in branch:
                 branch = self.merge_all_of(branch)
             merged = _merge(merged, branch)
-        return merged if isinstance(merged, dict) else {}
+        if not isinstance(merged, dict):
+            raise SchemaRefusedError(RefusalReason.UNSATISFIABLE, "an allOf branch is false")
+        return merged
 
     def alternatives(self, schema: Schema, key: str, depth: int) -> Schema:
         branches = schema[key]
@@ -261,8 +263,18 @@ class _Bounder:
             raise SchemaRefusedError(RefusalReason.INVALID_SCHEMA, "enum must be a non-empty list")
         if "enum" in schema and "const" in schema:
             values = [v for v in values if _json_equal(v, schema["const"])]
+        declared = schema.get("type")
+        if declared is not None:
+            types = {declared} if isinstance(declared, str) else set(declared)
+            values = [
+                v
+                for v in values
+                if _json_type(v) in types or ("number" in types and _json_type(v) == "integer")
+            ]
         if not values:
-            raise SchemaRefusedError(RefusalReason.UNSATISFIABLE, "enum and const disagree")
+            raise SchemaRefusedError(
+                RefusalReason.UNSATISFIABLE, "no enum/const value fits the other keywords"
+            )
         if len(values) > self.limits.max_enum_values:
             raise SchemaRefusedError(
                 RefusalReason.TOO_LARGE,
@@ -518,6 +530,20 @@ def _multiple_ok(value: int, schema: Schema) -> bool:
         return True
     quotient = value / step
     return math.isclose(quotient, round(quotient), rel_tol=0, abs_tol=1e-9)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def _json_equal(a: Any, b: Any) -> bool:

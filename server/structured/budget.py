@@ -95,6 +95,8 @@ def _measure_item(op: Any, av: Any) -> tuple[int | None, int | None]:
     if op is sre_c.IN:
         return 1, _class_bytes(av)
     if op is sre_c.AT:
+        if av in (sre_c.AT_BOUNDARY, sre_c.AT_NON_BOUNDARY):  # vLLM refuses these too
+            raise SchemaRefusedError(RefusalReason.UNSUPPORTED, "the grammar uses a word boundary")
         return 0, 0
     if op is sre_c.SUBPATTERN:
         return _measure(list(av[3]))
@@ -115,7 +117,8 @@ def _measure_item(op: Any, av: Any) -> tuple[int | None, int | None]:
             return (0 if c == 0 else None), (0 if b == 0 else None)
         return (None if c is None else c * high), (None if b is None else b * high)
     raise SchemaRefusedError(
-        RefusalReason.UNSUPPORTED, f"the grammar uses {op}, which has no length bound"
+        RefusalReason.UNSUPPORTED,
+        f"the grammar uses {op} (lookaround or backreference), which vLLM refuses",
     )
 
 

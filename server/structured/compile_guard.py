@@ -78,7 +78,7 @@ class CompileVerdict:
     """Longest document the grammar accepts (chars, bytes; max_tokens for max_tokens checks)."""
     regex_length: int | None = None
     transient: bool = False
-    """A refusal caused by the machine (wall-clock limit under load, crash): not cached."""
+    """A refusal caused by the machine (the wall-clock limit under load): not cached."""
     cached: bool = False
 
     def as_cached(self) -> CompileVerdict:
@@ -229,8 +229,11 @@ class CompileGuard:
     """Compiles schemas for the outlines backend in sandboxed worker processes.
 
     `check_sync` blocks; `check` is the same for asyncio (runs in the guard's own threads, so
-    the event loop is never blocked). Call `start()` at server start-up to build the vocabulary
-    cache (about 30 s the first time for a model) and warm a worker; `close()` at shutdown.
+    the event loop is never blocked). Call `start()` at server start-up, from a thread
+    (`await asyncio.to_thread(guard.start)`): it builds the vocabulary cache (about 30-60 s the
+    first time for a tokenizer, with vLLM's own code) and warms a worker; `close()` at shutdown.
+    Errors starting a worker or building the vocabulary raise (RuntimeError, VocabularyError):
+    the server cannot vouch for any schema then and should answer 503.
     """
 
     def __init__(
@@ -301,13 +304,21 @@ class CompileGuard:
     # -- checks ---------------------------------------------------------------------------
     def cached(self, schema: Any) -> CompileVerdict | None:
         """The cached verdict for `schema`, without compiling."""
-        digest = schema_digest(schema)
+        try:
+            digest = schema_digest(schema)
+        except (TypeError, ValueError):
+            return None
         with self._lock:
             return self._cache_get(digest)
 
     def check_sync(self, schema: Any) -> CompileVerdict:
         """Compile `schema` (as vLLM will receive it) in a worker, or answer from the cache."""
-        digest = schema_digest(schema)
+        try:
+            digest = schema_digest(schema)
+        except (TypeError, ValueError) as exc:
+            return CompileVerdict(
+                ok=False, digest="", reason=RefusalReason.INVALID_SCHEMA, message=str(exc)
+            )
         with self._lock:
             if self._closed:
                 raise RuntimeError("the compile guard is closed")
@@ -342,9 +353,7 @@ class CompileGuard:
         """`check_sync` for asyncio: cache hits answer at once, compiles run in guard threads."""
         hit = self.cached(schema)
         if hit is not None:
-            with self._lock:
-                self.hits += 1
-            return hit.as_cached()
+            return hit
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._get_executor(), self.check_sync, schema)
 
@@ -376,8 +385,12 @@ class CompileGuard:
 
     def _acquire(self) -> _Worker:
         worker = self._idle.get()
-        if worker is not None and worker.alive():
-            return worker
+        if worker is not None:
+            if worker.alive():
+                return worker
+            worker.kill()  # reap it
+            with self._lock:
+                self._all.discard(worker)
         try:
             fresh = _Worker(self._ensure_vocab(), self.memory_limit_mb)
         except BaseException:
@@ -441,6 +454,8 @@ class CompileGuard:
                 worker.kill()
         sig = worker.exit_signal()
         self._retire(worker)
+        if self._closed:
+            raise RuntimeError("the compile guard was closed during the compilation")
         if answer.message is not None:
             return self._verdict(answer.message, digest)
         memory = sig in (signal.SIGABRT, signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS)
@@ -453,7 +468,6 @@ class CompileGuard:
                 if memory
                 else f"the compile worker died after {elapsed:.1f} s (signal {sig})"
             ),
-            transient=not memory,
         )
 
     @staticmethod

@@ -58,6 +58,7 @@ EXACT_FORMATS = frozenset(
     {"uuid", "email", "idn-email", "hostname", "idn-hostname", "ipv4", "ipv6"}
     | {"uri", "iri", "uri-reference", "iri-reference", "url"}
 )
+DEFAULT_MAX_NODES = 5000
 _NUMERIC = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
@@ -119,10 +120,18 @@ def validator_for(schema: dict[str, Any] | bool) -> type[Validator]:
     return cls
 
 
-def check_schema(schema: Any) -> None:
-    """Refuse (INVALID_SCHEMA) a schema that is not valid under its own draft's meta-schema."""
+def check_schema(schema: Any, max_nodes: int = DEFAULT_MAX_NODES) -> None:
+    """Refuse a schema that is not valid under its own draft's meta-schema (INVALID_SCHEMA).
+
+    A schema of more than `max_nodes` JSON values is refused (TOO_LARGE) before the meta-schema
+    validation, whose cost grows with the schema.
+    """
     if not isinstance(schema, (dict, bool)):
         raise SchemaRefusedError(RefusalReason.INVALID_SCHEMA, "the schema must be a JSON object")
+    if _count_nodes(schema, max_nodes) > max_nodes:
+        raise SchemaRefusedError(
+            RefusalReason.TOO_LARGE, f"the schema has more than {max_nodes} JSON values"
+        )
     try:
         validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -154,6 +163,19 @@ def validate_document(
     except (referencing.exceptions.Unresolvable, RecursionError) as exc:
         errors.append(f"schema could not be applied: {exc}")
     return ValidationOutcome(not errors, tuple(errors), document)
+
+
+def _count_nodes(root: Any, stop_after: int) -> int:
+    """JSON values in `root`, counted without recursion; stops early past `stop_after`."""
+    count, stack = 0, [root]
+    while stack and count <= stop_after:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 # -- unenforced keywords ------------------------------------------------------------------

@@ -15,13 +15,7 @@ import time
 from pathlib import Path
 
 from server.base_model import prepare_default_base_model
-from server.structured import (
-    CompileGuard,
-    SchemaLimits,
-    SchemaRefusedError,
-    bound_schema,
-    check_schema,
-)
+from server.structured import CompileGuard, SchemaLimits, SchemaRefusedError, prepare_schema
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -53,8 +47,7 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             try:
-                check_schema(item["schema"])
-                bounded = bound_schema(item["schema"], limits)
+                bounded = prepare_schema(item["schema"], limits).bounded
             except SchemaRefusedError as exc:
                 outcome, detail = "refused-bound", f"{exc.reason}: {exc.message[:80]}"
             else:
@@ -62,7 +55,10 @@ def main() -> None:
                 if verdict.ok:
                     assert verdict.budget is not None
                     outcome = "compiled"
-                    detail = f"compile={verdict.compile_s:.2f}s tokens<={verdict.budget.max_tokens}"
+                    detail = (
+                        f"compile={verdict.compile_s:.2f}s cpu={verdict.compile_cpu_s:.2f}s "
+                        f"chars<={verdict.budget.max_chars} tokens<={verdict.budget.max_tokens}"
+                    )
                 else:
                     outcome = "refused-guard"
                     detail = f"{verdict.reason}: {verdict.message[:80]}"

@@ -82,9 +82,7 @@ class RegexSampler:
         if op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT):
             low, high, sub = av
             high = low + 3 if high == sre_c.MAXREPEAT else high
-            if mode != "random":
-                count = high
-            elif self.rng.random() < 0.4:
+            if mode != "random" or self.rng.random() < 0.4:
                 count = high
             else:
                 count = self.rng.randint(low, high)
@@ -98,7 +96,9 @@ class RegexSampler:
                 candidates.add(chr(value))
             elif op is sre_c.RANGE:
                 lo, hi = value
-                candidates.update(chr(c) for c in {lo, hi, (lo + hi) // 2} if not 0xD800 <= c <= 0xDFFF)
+                candidates.update(
+                    chr(c) for c in {lo, hi, (lo + hi) // 2} if not 0xD800 <= c <= 0xDFFF
+                )
         members = sorted(c for c in candidates if _in_class(items, c))
         if not members:
             raise ValueError(f"empty class {items}")

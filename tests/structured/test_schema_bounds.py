@@ -15,6 +15,7 @@ from server.structured import (
     bound_schema,
     check_schema,
     document_budget,
+    prepare_schema,
     regex_for_schema,
 )
 from server.structured.patterns import transpile_pattern
@@ -179,7 +180,10 @@ def test_pattern_alternation_is_grouped_and_quotes_escaped() -> None:
         ({"$ref": "#/$defs/missing"}, RefusalReason.INVALID_SCHEMA),
         ({"$ref": "https://example.com/s.json"}, RefusalReason.UNSUPPORTED),
         ({"type": "object", "properties": {'a"b': {"type": "null"}}}, RefusalReason.UNSUPPORTED),
-        ({"type": "object", "additionalProperties": True, "minProperties": 1}, RefusalReason.UNBOUNDED),
+        (
+            {"type": "object", "additionalProperties": True, "minProperties": 1},
+            RefusalReason.UNBOUNDED,
+        ),
     ],
 )
 def test_refusals(schema: dict, reason: RefusalReason) -> None:
@@ -249,3 +253,30 @@ def test_recursive_refs_stay_finite() -> None:
     }
     assert document_budget(bound_schema(tree)).bounded
     assert accepts(tree, {"v": 1, "kids": [{"v": 2, "kids": []}]})
+
+
+def test_prepare_schema_combines_the_steps() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "number", "maximum": 3}, "s": {"type": "string"}},
+        "required": ["n"],
+    }
+    prepared = prepare_schema(schema)
+    assert prepared.original is schema
+    assert prepared.bounded == bound_schema(schema)
+    assert prepared.needs_validation and prepared.unenforced_names == ["maximum"]
+    assert not prepare_schema({"type": "boolean"}).needs_validation
+    with pytest.raises(SchemaRefusedError) as caught:
+        prepare_schema({"type": "strng"})
+    assert caught.value.reason is RefusalReason.INVALID_SCHEMA
+
+
+def test_enum_values_are_filtered_by_type_and_const() -> None:
+    assert bound_schema({"type": "string", "enum": ["a", 1, None]}) == {"enum": ["a"]}
+    assert bound_schema({"type": "number", "enum": [1, 2.5, "x"]}) == {"enum": [1, 2.5]}
+    assert bound_schema({"enum": ["x", "y"], "const": "y"}) == {"enum": ["y"]}
+    with pytest.raises(SchemaRefusedError) as caught:
+        bound_schema({"type": "integer", "enum": ["a"]})
+    assert caught.value.reason is RefusalReason.UNSATISFIABLE
+    with pytest.raises(SchemaRefusedError):
+        bound_schema({"allOf": [{"type": "string"}, False]})

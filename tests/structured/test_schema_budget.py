@@ -28,12 +28,14 @@ from server.structured import (
 from tests.structured.conftest import CORPUS
 from tests.structured.regex_sampler import RegexSampler
 
-SAMPLES_PER_SCHEMA = 25
+SAMPLES_PER_SCHEMA = 12
 
 
 def _bounded_entries() -> list[dict[str, Any]]:
     entries = []
     for entry in CORPUS:
+        if entry["expect"] == "refuse":  # hostile: the guard's business, and slow to sample
+            continue
         try:
             check_schema(entry["schema"])
             bounded = bound_schema(entry["schema"])
@@ -49,7 +51,7 @@ BOUNDED = _bounded_entries()
 
 
 def test_most_of_the_corpus_is_covered() -> None:
-    assert len(BOUNDED) >= 180
+    assert len(BOUNDED) == sum(1 for e in CORPUS if e["expect"] == "ok") >= 180
 
 
 @pytest.mark.parametrize("entry", BOUNDED, ids=[e["name"] for e in BOUNDED])

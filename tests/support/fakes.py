@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from adapters.manifest import TaskSpec
 from server.catalog import ServedModel
@@ -11,14 +12,21 @@ from server.engine import Chunk, LoraTarget, Sampling
 from server.errors import ModelNotFound
 from server.generation import GenerationService
 from server.metrics.labels import LabelTracker
+from server.schema_policy import SchemaPolicy
+from server.structured import CompileVerdict, DocumentBudget, RefusalReason
 
 
 class FakeEngine:
-    """One token per character; replies with a fixed text in two chunks."""
+    """One token per character; replies with a fixed text in two chunks. Given several
+    replies, each request gets the next one (the last one repeats)."""
 
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
+    def __init__(self, reply: str | Sequence[str]) -> None:
+        self.replies = [reply] if isinstance(reply, str) else list(reply)
         self.seen: list[tuple[list[int], Sampling, LoraTarget | None]] = []
+
+    @property
+    def reply(self) -> str:
+        return self.replies[min(len(self.seen), len(self.replies) - 1)]
 
     def render_chat(self, messages: Sequence[Mapping[str, object]]) -> list[int]:
         return [ord(c) for m in messages for c in str(m["content"])]
@@ -29,10 +37,28 @@ class FakeEngine:
     async def generate(
         self, ids: list[int], sampling: Sampling, request_id: str, lora: LoraTarget | None = None
     ) -> AsyncIterator[Chunk]:
+        reply = self.reply
         self.seen.append((ids, sampling, lora))
-        half = len(self.reply) // 2
-        yield Chunk(self.reply[:half], len(ids), half, None)
-        yield Chunk(self.reply[half:], len(ids), len(self.reply), "stop")
+        half = len(reply) // 2
+        yield Chunk(reply[:half], len(ids), half, None)
+        yield Chunk(reply[half:], len(ids), len(reply), "stop")
+
+
+class FakeGuard:
+    """A compile guard that accepts every schema with a fixed token budget (None: unknown),
+    or refuses every one with `refuse`; records what it was asked to compile."""
+
+    def __init__(self, budget: int | None = None, refuse: RefusalReason | None = None) -> None:
+        self.budget = budget
+        self.refuse = refuse
+        self.checked: list[Any] = []
+
+    async def check(self, schema: Any) -> CompileVerdict:
+        self.checked.append(schema)
+        if self.refuse is not None:
+            return CompileVerdict(ok=False, digest="d", reason=self.refuse, message="too slow")
+        size = None if self.budget is None else self.budget - 1
+        return CompileVerdict(ok=True, digest="d", budget=DocumentBudget(size, size))
 
 
 LORA = LoraTarget("a@1", 7, Path("/tmp/a"))
@@ -57,7 +83,11 @@ class FakeCatalog:
 
 
 def service(
-    reply: str = "hello", max_model_len: int = 100, max_in_flight: int = 8
+    reply: str | Sequence[str] = "hello",
+    max_model_len: int = 100,
+    max_in_flight: int = 8,
+    guard: FakeGuard | None = None,
+    max_retries: int = 2,
 ) -> tuple[GenerationService, FakeEngine]:
     engine = FakeEngine(reply)
     gen = GenerationService(
@@ -67,5 +97,6 @@ def service(
         16,
         max_in_flight,
         LabelTracker(),
+        SchemaPolicy(guard if guard is not None else FakeGuard(), max_retries=max_retries),
     )
     return gen, engine

@@ -19,7 +19,7 @@ from training.data import (
     validate_splits,
 )
 from training.metrics import regression_gate, score
-from training.recipe import REPO_ROOT, DataConfig, Recipe, TaskConfig, load_recipe
+from training.recipe import REPO_ROOT, DataConfig, Recipe, RecipeError, TaskConfig, load_recipe
 
 TASK = TaskConfig(labels=["a", "b"], system_message="Classify.")
 SPEC = build_task_spec(TASK, ["a", "b"])
@@ -226,3 +226,16 @@ def test_multilabel_scores() -> None:
     assert s.accuracy == 0.5
     assert s.micro_f1 == pytest.approx(2 / 3)  # tp 2, fp 1, fn 1
     assert s.field_exact_match == {"intents": 0.5}
+
+
+def test_recipe_overrides_and_errors(tmp_path: Path) -> None:
+    path = REPO_ROOT / "training/recipes/demo.yaml"
+    recipe = load_recipe(path, ["train.epochs=1", "data.split.train_per_label=3"])
+    assert recipe.train.epochs == 1 and recipe.data.split.train_per_label == 3
+    assert recipe.resolve_all(recipe.data.train) == [REPO_ROOT / "training/demo/intents.csv"]
+    bad = tmp_path / "r.yaml"
+    bad.write_text("name: x\ndata: {train: [a.csv]}\ntrain: {epochs: -1}\n")
+    with pytest.raises(RecipeError, match="epochs"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(bad, ["train.epochs=1"]).resolve_all(["missing.csv"])

@@ -22,10 +22,7 @@ pytestmark = pytest.mark.engine
 
 @pytest.fixture(scope="module")
 def recipe() -> Recipe:
-    recipe = load_recipe(REPO_ROOT / "training/recipes/demo.yaml")
-    # Smaller than the shipped demo so the test stays within a few minutes on 2 cores.
-    quick = recipe.train.model_copy(update={"epochs": 3, "early_stopping_patience": None})
-    return recipe.model_copy(update={"train": quick})
+    return load_recipe(REPO_ROOT / "training/recipes/demo.yaml")
 
 
 @pytest.fixture(scope="module")

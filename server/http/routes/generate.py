@@ -22,7 +22,7 @@ async def generate(
 ) -> GenerateResponse:
     """Run one input through an adapter (or the base). Text input is framed by the adapter's
     task (system message, template) and constrained by its schema unless `schema` is given."""
-    prepared = generation.prepare(generation_request(body, protocol="http"))
+    prepared = await generation.prepare(generation_request(body, protocol="http"))
     result = await generation.complete(prepared, f"gen-{uuid.uuid4().hex}")
     return GenerateResponse(
         text=result.text,

@@ -47,7 +47,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
 async def chat_completions(
     body: ChatCompletionRequest, generation: Generation
 ) -> ChatCompletion | StreamingResponse:
-    prepared = generation.prepare(
+    prepared = await generation.prepare(
         GenerationRequest(
             model=body.model,
             messages=[m.as_dict() for m in body.messages],
@@ -89,6 +89,10 @@ async def _chat_chunks(
     created: int,
     include_usage: bool,
 ) -> AsyncIterator[BaseModel]:
+    """Streamed chat chunks. Under a JSON Schema the document is validated once it is whole:
+    one that fails the schema ends the stream with an error event (`schema_violation`) before
+    `[DONE]`, since text already sent cannot be generated again."""
+
     def chunk(delta: ChoiceDelta, finish_reason: FinishReason | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             id=request_id,
@@ -120,7 +124,7 @@ async def _chat_chunks(
 async def completions(
     body: CompletionRequest, generation: Generation
 ) -> Completion | StreamingResponse:
-    prepared = generation.prepare(
+    prepared = await generation.prepare(
         GenerationRequest(
             model=body.model,
             prompt=body.prompt_text(),

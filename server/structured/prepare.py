@@ -1,0 +1,46 @@
+"""One call for the server's first two steps: validate the schema, bound it, list what to check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.structured.bounds import bound_schema
+from server.structured.keywords import (
+    DEFAULT_MAX_NODES,
+    UnenforcedKeyword,
+    check_schema,
+    find_unenforced,
+)
+from server.structured.limits import SchemaLimits
+
+
+@dataclass(frozen=True)
+class PreparedSchema:
+    """A user's schema made ready for the engine."""
+
+    original: dict[str, Any] | bool
+    """What the user sent: documents are validated against this one."""
+    bounded: dict[str, Any]
+    """What the engine gets (and the compile guard checks): a finite outlines grammar."""
+    unenforced: tuple[UnenforcedKeyword, ...]
+    """Keywords of `original` the grammar does not enforce."""
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether a decoded document can violate `original` (validate it anyway: it is cheap)."""
+        return bool(self.unenforced)
+
+    @property
+    def unenforced_names(self) -> list[str]:
+        return sorted({item.keyword for item in self.unenforced})
+
+
+def prepare_schema(
+    schema: Any, limits: SchemaLimits | None = None, max_nodes: int = DEFAULT_MAX_NODES
+) -> PreparedSchema:
+    """Check, bound and inspect a schema; raises `SchemaRefusedError` (answer 422 with it)."""
+    check_schema(schema, max_nodes=max_nodes)
+    limits = limits or SchemaLimits()
+    bounded = bound_schema(schema, limits)
+    return PreparedSchema(schema, bounded, tuple(find_unenforced(schema, limits)))
