@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -230,7 +229,10 @@ def adapters_delete(
 @app.callback()
 def _configure_logging(
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    log_json: Annotated[
+        bool, typer.Option(envvar="HOTSWAP_LOG_JSON", help="JSON log lines with request ids.")
+    ] = True,
 ) -> None:
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from server.request_log import configure_logging
+
+    configure_logging(log_level, json_format=log_json)

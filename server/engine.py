@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from server.base_model import BaseModel
 from server.errors import EngineUnavailable, InvalidRequest
+from server.metrics.instruments import ADAPTER_COLD_LOADS
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ class Engine:
         self.base = base
         self._llm: Any = None
         self._tokenizer: Any = None
+        # Mirror of the engine's host-memory LRU of adapters (max_cpu_loras entries), to tell
+        # which requests pay a cold load from disk.
+        self._resident: OrderedDict[int, None] = OrderedDict()
 
     @property
     def ready(self) -> bool:
@@ -144,10 +149,20 @@ class Engine:
 
         llm = self._require()
         await llm.add_lora(LoRARequest(lora.name, lora.lora_int_id, str(lora.path)))
+        self._touch(lora.lora_int_id)
         prompt = self.tokenize("warm-up")
         request_id = f"warm-{lora.name}-{uuid.uuid4().hex}"
         async for _ in self.generate(prompt, Sampling(max_tokens=1), request_id, lora):
             pass
+
+    def _touch(self, lora_int_id: int) -> bool:
+        """Mark an adapter as used; True when it was not resident (a cold load)."""
+        cold = lora_int_id not in self._resident
+        self._resident[lora_int_id] = None
+        self._resident.move_to_end(lora_int_id)
+        while len(self._resident) > self._settings.max_cpu_loras:
+            self._resident.popitem(last=False)
+        return cold
 
     async def loaded_loras(self) -> set[int]:
         """Engine ids of the adapters the engine holds now."""
@@ -181,9 +196,11 @@ class Engine:
                 else None
             ),
         )
-        lora_request = (
-            LoRARequest(lora.name, lora.lora_int_id, str(lora.path)) if lora is not None else None
-        )
+        lora_request = None
+        if lora is not None:
+            lora_request = LoRARequest(lora.name, lora.lora_int_id, str(lora.path))
+            if self._touch(lora.lora_int_id):
+                ADAPTER_COLD_LOADS.labels(lora.name.partition("@")[0]).inc()
         completion_tokens = 0
         try:
             (engine_input,) = await llm.renderer.render_cmpl_async(

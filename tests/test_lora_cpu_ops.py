@@ -347,7 +347,7 @@ def test_more_adapters_than_slots(layout: ops.Layout) -> None:
     ]
     lora_a = torch.zeros(SLOTS, 1, RANK, HIDDEN)
     lora_b = torch.zeros(SLOTS, 1, 32, RANK)
-    cache = ops.WeightCache()  # kept across steps, as the wrapper keeps it
+    state = ops.LoraState()  # kept across steps, as the wrapper keeps it
     for step in range(6):
         in_slots = [(step * 3 + k) % len(adapters) for k in range(SLOTS)]
         for slot, adapter in enumerate(in_slots):
@@ -357,7 +357,7 @@ def test_more_adapters_than_slots(layout: ops.Layout) -> None:
         plan = ops.plan_segments(torch.tensor(rows), layout)
         x = torch.randn(len(rows), HIDDEN, generator=g)
         y = torch.zeros(len(rows), 32)
-        ops.lora_linear(y, x, (lora_a,), (lora_b,), 1.0, (32,), plan, cache=cache)
+        ops.lora_linear(y, x, (lora_a,), (lora_b,), 1.0, (32,), plan, state=state)
         for i, slot in enumerate(rows):
             if slot == -1:
                 expected = torch.zeros(32)

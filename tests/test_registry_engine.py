@@ -198,6 +198,9 @@ def test_metrics_and_stats_after_traffic(server: RunningServer) -> None:
         'hotswap_time_to_first_token_seconds_bucket{adapter="intent",le="0.5",protocol="http"}',
         'hotswap_requests_total{adapter="unknown",protocol="http",route="generate",'
         'status="model_not_found",version=""}',
+        'hotswap_adapter_cold_loads_total{adapter="intent"}',
+        'hotswap_adapter_swaps_total{adapter="intent",kind="promote"}',
+        'hotswap_adapter_load_seconds_count{adapter="intent"}',
         "vllm:num_requests_running",
         "vllm:kv_cache_usage_perc",
     ):

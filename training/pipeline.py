@@ -1,16 +1,14 @@
 """The whole path for one recipe: validate data, train, evaluate, stamp the manifest, package.
 
-    python -m training.pipeline training/recipes/demo.yaml runs/demo
+    hotswap train training/recipes/demo.yaml runs/demo
 
-The CLI (`hotswap train`) calls `run_recipe`; evaluation starts a vLLM engine (a spawned
-process), so call it from under `if __name__ == "__main__":`.
+`hotswap train` (server/cli.py) calls `run_recipe`; evaluation starts a vLLM engine (a
+spawned process), so call it from under `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -18,7 +16,7 @@ from pydantic import BaseModel
 from training.data import prepare_data
 from training.evaluate import EvalReport, evaluate, headline_metrics
 from training.package import base_fingerprint, package, update_manifest
-from training.recipe import Recipe, load_recipe
+from training.recipe import Recipe
 from training.train import TrainResult, base_model_dir, train
 
 logger = logging.getLogger(__name__)
@@ -83,31 +81,3 @@ def run_recipe(
         base_fingerprint=base_fingerprint(base),
     )
     return PipelineResult(train=trained, report=report, archive=archive)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("recipe", type=Path)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--previous-report", type=Path, default=None)
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.epochs=2"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = run_recipe(
-        load_recipe(args.recipe, args.set),
-        args.out_dir,
-        resume=args.resume,
-        previous_report=args.previous_report,
-    )
-    print((result.train.adapter_dir / "report.md").read_text())
-    print(f"archive: {result.archive}")
-    for reason in result.report.gate.reasons:
-        print(f"gate: {reason}", file=sys.stderr)
-    return 0 if result.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

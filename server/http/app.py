@@ -32,6 +32,7 @@ from server.http.routes import adapters, generate, health, openai, stats
 from server.http.sse import error_body
 from server.http.state import ServerState, require
 from server.metrics.labels import LabelTracker
+from server.request_log import request_id_middleware
 from server.schema_policy import SchemaPolicy
 from server.settings import Settings
 from server.structured import CompileGuard
@@ -125,6 +126,7 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
                 await asyncio.to_thread(guard.close)
 
     app = FastAPI(title="hotswap", version="0.1.0", lifespan=lifespan)
+    app.middleware("http")(request_id_middleware)
     app.state.settings = settings
     app.state.keys = keys
 
@@ -177,5 +179,5 @@ def run(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-        log_level="info",
+        log_config=None,  # the CLI configured logging (JSON lines by default)
     )

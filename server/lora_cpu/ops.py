@@ -321,50 +321,101 @@ def _build_expand(stack: torch.Tensor, size: int, out: torch.Tensor | None) -> t
     return out
 
 
+# --- scratch space -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Scratch:
+    """Reusable buffers for the temporaries of the products, grown as needed, never shrunk.
+
+    A temporary above glibc's mmap threshold (128 KiB by default: 32 decode rows of a 1536-wide
+    float32 output) is mapped fresh at each allocation and page-faulted in on first touch, which
+    in a virtual machine costs more than the arithmetic on it. Each name is one buffer; a caller
+    must not hold a view across another `get` of the same name.
+    """
+
+    _buffers: dict[tuple[str, torch.dtype], torch.Tensor] = field(default_factory=dict)
+
+    def get(self, name: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        numel = 1
+        for dim in shape:
+            numel *= int(dim)
+        buffer = self._buffers.get((name, dtype))
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.empty(max(numel, 1), dtype=dtype)
+            self._buffers[(name, dtype)] = buffer
+        return buffer[:numel].view(*shape)
+
+
+@dataclass(eq=False)
+class LoraState:
+    """What the operations keep between calls: the float32 weights and the scratch buffers."""
+
+    weights: WeightCache = field(default_factory=WeightCache)
+    scratch: Scratch = field(default_factory=Scratch)
+
+
 # --- the products --------------------------------------------------------------------------
 
 
-def _gather(x: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+def _gather(x: torch.Tensor, plan: SegmentPlan, scratch: Scratch, name: str) -> torch.Tensor:
     """The plan's rows of `x` in plan order, float32: `(slot_span, width, n)` when padded,
     `(num_lora_rows, n)` otherwise."""
+    n = x.shape[-1]
     if plan.sliced:
         assert plan.row_range is not None
         picked = x[plan.row_range[0] : plan.row_range[1]]
     else:
         index = plan.padded_rows if plan.padded_rows is not None else plan.rows
-        picked = x.index_select(0, index)
-    picked = picked.to(COMPUTE_DTYPE)
+        picked = torch.index_select(
+            x, 0, index, out=scratch.get(f"{name}.rows", (index.shape[0], n), x.dtype)
+        )
+    if picked.dtype != COMPUTE_DTYPE:
+        converted = scratch.get(f"{name}.f32", tuple(picked.shape), COMPUTE_DTYPE)
+        picked = converted.copy_(picked)
     if plan.padded:
-        return picked.view(plan.slot_span, plan.width, x.shape[-1])
+        return picked.view(plan.slot_span, plan.width, n)
     return picked
 
 
-def _product(rows: torch.Tensor, weights: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+def _product(
+    rows: torch.Tensor, weights: torch.Tensor, plan: SegmentPlan, scratch: Scratch, name: str
+) -> torch.Tensor:
     """`rows @ weights[slot]` per segment; `rows` and the result in plan order.
 
     `weights` is `(slots, k, n)` float32 for all slots; `rows` is `(slot_span, width, k)` when
     padded (one batched product), `(num_lora_rows, k)` otherwise (one product per segment).
     """
+    n = weights.shape[2]
     if plan.padded:
-        return torch.bmm(rows, weights[plan.first_slot : plan.first_slot + plan.slot_span])
-    out = torch.empty(rows.shape[0], weights.shape[2], dtype=COMPUTE_DTYPE)
+        out = scratch.get(name, (plan.slot_span, plan.width, n), COMPUTE_DTYPE)
+        return torch.bmm(rows, weights[plan.first_slot : plan.first_slot + plan.slot_span], out=out)
+    out = scratch.get(name, (rows.shape[0], n), COMPUTE_DTYPE)
     for slot, start, count in zip(plan.slots, plan.starts, plan.counts, strict=True):
         torch.mm(rows[start : start + count], weights[slot], out=out[start : start + count])
     return out
 
 
-def _add_to_rows(y: torch.Tensor, result: torch.Tensor, plan: SegmentPlan) -> None:
+def _add_to_rows(
+    y: torch.Tensor, result: torch.Tensor, plan: SegmentPlan, scratch: Scratch
+) -> None:
     """`y[row] += result[plan position of row]` for the adapter rows; base rows unchanged."""
     flat = result.reshape(-1, result.shape[-1])
+    n = flat.shape[1]
     if plan.sliced:
         assert plan.row_range is not None
-        y[plan.row_range[0] : plan.row_range[1]].add_(flat)
-        return
-    picked = flat.index_select(0, plan.gather_index)
-    if plan.lora_row_mask is None:
-        y.add_(picked)
+        picked = flat
+        target = y[plan.row_range[0] : plan.row_range[1]]
     else:
-        y.addcmul_(picked, plan.lora_row_mask)
+        picked = torch.index_select(
+            flat, 0, plan.gather_index, out=scratch.get("add.rows", (plan.num_rows, n), flat.dtype)
+        )
+        if plan.lora_row_mask is not None:
+            picked.mul_(plan.lora_row_mask)
+        target = y
+    if picked.dtype != y.dtype:
+        picked = scratch.get("add.cast", tuple(picked.shape), y.dtype).copy_(picked)
+    target.add_(picked)
 
 
 def _zero_rows(target: torch.Tensor, plan: SegmentPlan) -> None:
@@ -380,7 +431,7 @@ def lora_shrink(
     lora_a_stacked: torch.Tensor,
     plan: SegmentPlan,
     scale: float = 1.0,
-    cache: WeightCache | None = None,
+    state: LoraState | None = None,
 ) -> None:
     """`y[i, :rank] += scale * x[i] @ A[slot(i)]^T` for every row `i` that uses an adapter.
 
@@ -389,13 +440,15 @@ def lora_shrink(
     """
     if plan.empty:
         return
-    a = (cache if cache is not None else WeightCache()).shrink_weights((lora_a_stacked,))
+    state = state if state is not None else LoraState()
+    a = state.weights.shrink_weights((lora_a_stacked,))
     if not a.any_nonzero(0, plan.slots):
         return
-    t = _product(_gather(x, plan), a.weights, plan)
+    scratch = state.scratch
+    t = _product(_gather(x, plan, scratch, "x"), a.weights, plan, scratch, "t")
     if scale != 1.0:
         t.mul_(scale)
-    _add_to_rows(y[:, : a.weights.shape[2]], t, plan)
+    _add_to_rows(y[:, : a.weights.shape[2]], t, plan, scratch)
 
 
 def lora_expand(
@@ -406,7 +459,7 @@ def lora_expand(
     offset: int = 0,
     size: int | None = None,
     add_inputs: bool = True,
-    cache: WeightCache | None = None,
+    state: LoraState | None = None,
 ) -> None:
     """`y[i, offset : offset + size] (+)= x[i] @ B[slot(i)]^T` for rows `i` that use an adapter.
 
@@ -422,11 +475,13 @@ def lora_expand(
     target = y[:, offset : offset + size]
     if not add_inputs:
         _zero_rows(target, plan)
-    b = (cache if cache is not None else WeightCache()).expand_weights(lora_b_stacked, size)
+    state = state if state is not None else LoraState()
+    b = state.weights.expand_weights(lora_b_stacked, size)
     if not b.any_nonzero(0, plan.slots):
         return
-    rank = b.weights.shape[1]
-    _add_to_rows(target, _product(_gather(x[:, :rank], plan), b.weights, plan), plan)
+    scratch = state.scratch
+    rows = _gather(x[:, : b.weights.shape[1]], plan, scratch, "t")
+    _add_to_rows(target, _product(rows, b.weights, plan, scratch, "delta"), plan, scratch)
 
 
 def lora_linear(
@@ -438,7 +493,7 @@ def lora_linear(
     output_slices: Sequence[int],
     plan: SegmentPlan,
     offset_start: int = 0,
-    cache: WeightCache | None = None,
+    state: LoraState | None = None,
 ) -> None:
     """The full LoRA of a (possibly merged) linear layer, added to its output `y` in place.
 
@@ -454,25 +509,26 @@ def lora_linear(
         raise ValueError("lora_a_stacked, lora_b_stacked and output_slices differ in length")
     if plan.empty:
         return
-    cache = cache if cache is not None else WeightCache()
-    a = cache.shrink_weights(lora_a_stacked)
+    state = state if state is not None else LoraState()
+    a = state.weights.shrink_weights(lora_a_stacked)
     work: list[tuple[int, int, int, CachedWeights]] = []  # (t column, y column, rank, B)
     t_col, y_col = 0, offset_start
     for k, (lora_b, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
         rank = _as_3d(lora_a_stacked[k]).shape[1]
         if a.any_nonzero(k, plan.slots):
-            b = cache.expand_weights(lora_b, size)
+            b = state.weights.expand_weights(lora_b, size)
             if b.any_nonzero(0, plan.slots):
                 work.append((t_col, y_col, rank, b))
         t_col += rank
         y_col += size
     if not work:
         return
-    t = _product(_gather(x, plan), a.weights, plan)
+    scratch = state.scratch
+    t = _product(_gather(x, plan, scratch, "x"), a.weights, plan, scratch, "t")
     if scale != 1.0:
         t.mul_(scale)
     single = len(output_slices) == 1
     for t_col, y_col, rank, b in work:
         t_k = t if single else t[..., t_col : t_col + rank]
-        size = b.weights.shape[2]
-        _add_to_rows(y[:, y_col : y_col + size], _product(t_k, b.weights, plan), plan)
+        delta = _product(t_k, b.weights, plan, scratch, "delta")
+        _add_to_rows(y[:, y_col : y_col + b.weights.shape[2]], delta, plan, scratch)

@@ -36,7 +36,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         super().__init__(max_num_batched_tokens, max_batches, device, **kwargs)
         self._token_plan: ops.SegmentPlan = _EMPTY_PLAN
         self._sampler_plan: ops.SegmentPlan | None = None
-        self._weights = ops.WeightCache()
+        self._state = ops.LoraState()
 
     def update_metadata(
         self,
@@ -77,9 +77,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         x = x.view(-1, x.shape[-1])
         for k, lora_a in enumerate(lora_a_stacked):
             y_k = y[k]
-            ops.lora_shrink(
-                y_k.view(-1, y_k.shape[-1]), x, lora_a, plan, scale, cache=self._weights
-            )
+            ops.lora_shrink(y_k.view(-1, y_k.shape[-1]), x, lora_a, plan, scale, state=self._state)
 
     def add_expand(
         self,
@@ -100,7 +98,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         for k, (lora_b, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
             x_k = x[k]
             x_k = x_k.view(-1, x_k.shape[-1])
-            ops.lora_expand(y2, x_k, lora_b, plan, offset, size, add_inputs, cache=self._weights)
+            ops.lora_expand(y2, x_k, lora_b, plan, offset, size, add_inputs, state=self._state)
             offset += size
 
     def add_lora_embedding(
@@ -113,7 +111,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
     ) -> None:
         """`y += x @ lora_b_stacked` for the embedding layer (its A was applied by lookup)."""
         ops.lora_expand(
-            y, x, lora_b_stacked, self._token_plan, 0, None, add_inputs, cache=self._weights
+            y, x, lora_b_stacked, self._token_plan, 0, None, add_inputs, state=self._state
         )
 
     def add_lora_linear(
@@ -137,7 +135,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
             scale,
             output_slices,
             self._token_plan,
-            cache=self._weights,
+            state=self._state,
         )
 
     def add_lora_logits(
@@ -161,5 +159,5 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
             return
         size = min(lora_b_stacked.shape[-2], y2.shape[-1])
         ops.lora_linear(
-            y2, x2, (lora_a_stacked,), (lora_b_stacked,), scale, (size,), plan, cache=self._weights
+            y2, x2, (lora_a_stacked,), (lora_b_stacked,), scale, (size,), plan, state=self._state
         )

@@ -69,6 +69,11 @@ ADAPTER_LOAD_SECONDS = Histogram(
     ["adapter"],
     buckets=_LATENCY_BUCKETS,
 )
+ADAPTER_COLD_LOADS = Counter(
+    "hotswap_adapter_cold_loads_total",
+    "Requests whose adapter was not held by the engine and was loaded from disk first.",
+    ["adapter"],
+)
 ADAPTER_SWAPS = Counter(
     "hotswap_adapter_swaps_total",
     "Changes of the version an adapter name serves.",

@@ -126,7 +126,7 @@ async def mixed_load(url: str, adapter: str) -> list[int]:
     chat = {"model": "alpha", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
     calls: list[tuple[str, dict[str, Any]]] = [
         *(
-            ("/v1/generate", {"adapter": adapter, "input": text, "max_tokens": 16})
+            ("/v1/generate", {"adapter": adapter, "input": text})
             for text in ("I love it", "This is awful", "It is a chair", "Great!", "meh", "ok")
         ),
         ("/v1/generate", {"adapter": "alpha", "input": "Say hello", "max_tokens": 8}),
@@ -135,7 +135,6 @@ async def mixed_load(url: str, adapter: str) -> list[int]:
             {
                 "adapter": "alpha",
                 "input": "Judge: fine",
-                "max_tokens": 16,
                 "schema": SENTIMENT_SCHEMA,
             },
         ),
