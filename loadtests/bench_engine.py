@@ -66,6 +66,13 @@ async def measure(
     return sum(produced) / (time.perf_counter() - started)
 
 
+async def measure_all(
+    engine: Engine, adapters: list[Path], requests: int, tokens: int
+) -> dict[int, float]:
+    """Every mix in one event loop (the engine's output handler lives in it)."""
+    return {mix: await measure(engine, adapters, mix, requests, tokens) for mix in MIXES}
+
+
 def run_table(fast_cpu_lora: bool, args: argparse.Namespace, queue: multiprocessing.Queue) -> None:
     settings = Settings(fast_cpu_lora=fast_cpu_lora, max_loras=8, max_lora_rank=args.rank)
     base = resolve_base_model(settings.base_model, settings.home)
@@ -75,10 +82,7 @@ def run_table(fast_cpu_lora: bool, args: argparse.Namespace, queue: multiprocess
         engine = Engine(settings, base)
         engine.start_blocking()
         try:
-            results = {
-                mix: asyncio.run(measure(engine, adapters, mix, args.requests, args.tokens))
-                for mix in MIXES
-            }
+            results = asyncio.run(measure_all(engine, adapters, args.requests, args.tokens))
         finally:
             engine.shutdown()
     queue.put(results)

@@ -504,3 +504,19 @@ def test_plugin_is_a_no_op_off_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(plugin.ENV_VAR, "1")
     plugin.register()
     assert platform_cls.__dict__["get_punica_wrapper"] is before
+
+
+def test_add_lora_logits_rows_outside_the_sampler_mapping() -> None:
+    """Prompt log-probs: vLLM sends one request's rows; fine while no adapter has an lm_head."""
+    fast, _ = _wrappers(BATCHES["decode_mixed"], "auto")
+    lora_a = torch.zeros(SLOTS, 1, RANK, HIDDEN)
+    lora_b = torch.zeros(SLOTS, 1, 100, RANK)
+    x = torch.randn(5, HIDDEN)  # not len(decode_mixed) rows
+    y = torch.randn(5, 128)
+    y0 = y.clone()
+    fast.add_lora_logits(y, x, lora_a, lora_b, 1.0)
+    assert torch.equal(y, y0)
+    lora_a[1].normal_()
+    lora_b[1].normal_()
+    with pytest.raises(NotImplementedError, match="lm_head"):
+        fast.add_lora_logits(y, x, lora_a, lora_b, 1.0)

@@ -152,12 +152,20 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         """The lm_head LoRA added to the logits `y`, rows mapped by the sampler indices."""
         y2 = y.view(-1, y.shape[-1])
         x2 = x.view(-1, x.shape[-1])
+        size = min(lora_b_stacked.shape[-2], y2.shape[-1])
         plan = self.sampler_plan
         if plan.num_rows != x2.shape[0]:
-            # Rows that do not match the sampler mapping: keep vLLM's behaviour for them.
-            super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer)
-            return
-        size = min(lora_b_stacked.shape[-2], y2.shape[-1])
+            # Logits of rows the step's sampler mapping does not describe: vLLM computes prompt
+            # log-probs one request at a time through this layer. Nothing to add unless an
+            # adapter in a slot has an lm_head LoRA, in which case the rows' adapter is unknown.
+            if not self._state.weights.expand_weights(lora_b_stacked, size).any_nonzero(
+                0, range(lora_b_stacked.shape[0])
+            ):
+                return
+            raise NotImplementedError(
+                "Prompt log-probs with an adapter that targets lm_head are not supported by "
+                "the CPU LoRA ops; drop prompt_logprobs or lm_head from the adapter."
+            )
         ops.lora_linear(
             y2, x2, (lora_a_stacked,), (lora_b_stacked,), scale, (size,), plan, state=self._state
         )
