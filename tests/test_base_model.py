@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.base_model import BaseModelError, fingerprint, resolve_base_model
+from adapters.fingerprint import model_fingerprint as fingerprint
+from server.base_model import BaseModelError, resolve_base_model
 
 
 def _model(folder: Path, weights: bytes) -> Path:

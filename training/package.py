@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tarfile
 from pathlib import Path
 
@@ -20,33 +18,10 @@ PACKAGED_FILES = (
     "confusion.csv",
     "confusion.png",
 )
-_FINGERPRINT_CACHE = "hotswap-fingerprint.json"
 
 
 class PackageError(RuntimeError):
     """The adapter folder lacks a file the registry needs."""
-
-
-def base_fingerprint(base_dir: Path) -> str:
-    """The served base model's fingerprint: sha256 over `config.json` and `*.safetensors`
-    (name, NUL, bytes; in name order), as the server computes it. Reads the server's cache
-    file `hotswap-fingerprint.json` when it matches the files' sizes and mtimes."""
-    files = sorted(
-        p for p in base_dir.iterdir() if p.name == "config.json" or p.suffix == ".safetensors"
-    )
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    cache = base_dir / _FINGERPRINT_CACHE
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("files") == stamp:
-            return str(cached["sha256"])
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def update_manifest(

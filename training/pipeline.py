@@ -13,9 +13,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from adapters.fingerprint import model_fingerprint
 from training.data import prepare_data
 from training.evaluate import EvalReport, evaluate, headline_metrics
-from training.package import base_fingerprint, package, update_manifest
+from training.package import package, update_manifest
 from training.recipe import Recipe
 from training.train import TrainResult, base_model_dir, train
 
@@ -78,6 +79,6 @@ def run_recipe(
     archive = package(
         trained.adapter_dir,
         out_dir / f"{recipe.name}.tar.gz",
-        base_fingerprint=base_fingerprint(base),
+        base_fingerprint=model_fingerprint(base),
     )
     return PipelineResult(train=trained, report=report, archive=archive)

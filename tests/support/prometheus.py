@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.server import free_port
+from tests.support.server import free_port, stop_process
 
 READY_TIMEOUT_S = 60.0
 INSTALL_HINT = "install Prometheus: `make prometheus` (Debian/Ubuntu: apt-get install prometheus)"
@@ -74,14 +73,7 @@ class RunningPrometheus:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from adapters.base_spec import spec_from_hf_config
+from adapters.fingerprint import model_fingerprint
 from adapters.registry import AdapterRegistry
 from training.data import PreparedData, prepare_data
 from training.evaluate import Engine, evaluate, headline_metrics
-from training.package import base_fingerprint, package, update_manifest
+from training.package import package, update_manifest
 from training.recipe import REPO_ROOT, Recipe, load_recipe
 from training.train import TrainResult, train
 
@@ -90,7 +91,7 @@ def test_training_beats_the_base_model(
     assert again.passed and again.adapter_run.outputs == report.adapter_run.outputs
 
     update_manifest(trained.adapter_dir, metrics=headline_metrics(report))
-    fingerprint = base_fingerprint(base_model_path)
+    fingerprint = model_fingerprint(base_model_path)
     archive = package(trained.adapter_dir, tmp_path / "demo.tar.gz", base_fingerprint=fingerprint)
     spec = spec_from_hf_config(base_model_path, fingerprint=fingerprint, max_lora_rank=16)
     registry = AdapterRegistry(tmp_path / "home", spec)

@@ -10,17 +10,13 @@ import pytest
 
 from adapters.base_spec import spec_from_hf_config
 from adapters.errors import AdapterRejected
+from adapters.fingerprint import model_fingerprint
 from adapters.registry import AdapterRegistry
-from server.base_model import fingerprint as server_fingerprint
 from tests.support.adapters import make_random_lora
 from training.data import prepare_data
-from training.package import PackageError, base_fingerprint, package, update_manifest
+from training.package import PackageError, package, update_manifest
 from training.recipe import REPO_ROOT, load_recipe
 from training.train import write_manifest
-
-
-def test_fingerprint_matches_the_server(base_model_path: Path) -> None:
-    assert base_fingerprint(base_model_path) == server_fingerprint(base_model_path)
 
 
 def test_packaged_adapter_is_registered(base_model_path: Path, tmp_path: Path) -> None:
@@ -32,7 +28,7 @@ def test_packaged_adapter_is_registered(base_model_path: Path, tmp_path: Path) -
     write_manifest(adapter, recipe, prepared.spec, dataset_digest=prepared.digest)
     update_manifest(adapter, metrics={"test_accuracy": 0.9})
     (adapter / "report.md").write_text("# report\n")
-    fingerprint = base_fingerprint(base_model_path)
+    fingerprint = model_fingerprint(base_model_path)
     archive = package(adapter, tmp_path / "out" / "demo.tar.gz", base_fingerprint=fingerprint)
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
