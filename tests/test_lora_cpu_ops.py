@@ -474,10 +474,12 @@ def test_plugin_points_the_cpu_platform_at_the_wrapper(monkeypatch: pytest.Monke
 
     assert current_platform.is_cpu()
     platform_cls = type(current_platform)
+    # start from vLLM's own method (the plugin may have run in this process already) and
     # undo whatever this test does to the class when it ends
-    monkeypatch.setattr(
-        platform_cls, "get_punica_wrapper", platform_cls.__dict__["get_punica_wrapper"]
+    original = platform_cls.__dict__.get(
+        plugin._ORIGINAL, platform_cls.__dict__["get_punica_wrapper"]
     )
+    monkeypatch.setattr(platform_cls, "get_punica_wrapper", original)
     monkeypatch.setattr(platform_cls, plugin._MARKER, False, raising=False)
 
     monkeypatch.setenv(plugin.ENV_VAR, "0")
@@ -520,3 +522,23 @@ def test_add_lora_logits_rows_outside_the_sampler_mapping() -> None:
     lora_b[1].normal_()
     with pytest.raises(NotImplementedError, match="lm_head"):
         fast.add_lora_logits(y, x, lora_a, lora_b, 1.0)
+
+
+def test_vllm_reference_applies_the_last_slot_to_base_rows() -> None:
+    """Why the reference gets a zero slot appended above, and a reason for the fast ops.
+
+    vLLM's own CPU ops index the stacks with slot -1 for base-model rows, which reads the last
+    slot: once that slot holds an adapter, base requests get its delta. The fast ops skip them.
+    """
+    rows = [-1, 0, -1, SLOTS - 1]
+    fast, reference = _wrappers(rows, "auto")
+    g = torch.Generator().manual_seed(15)
+    lora_a, lora_b = _stacks(g, torch.float32, HIDDEN, (48,))
+    x = torch.randn(len(rows), HIDDEN, generator=g)
+    stock, ours = torch.zeros(len(rows), 48), torch.zeros(len(rows), 48)
+    reference.add_lora_linear(stock, x, lora_a, lora_b, 1.0, (48,))
+    fast.add_lora_linear(ours, x, lora_a, lora_b, 1.0, (48,))
+    last_slot_delta = x[0] @ lora_a[0][SLOTS - 1, 0].T @ lora_b[0][SLOTS - 1, 0].T
+    torch.testing.assert_close(stock[0], last_slot_delta)  # vLLM 0.32's behaviour
+    assert torch.equal(ours[0], torch.zeros(48)) and torch.equal(ours[2], torch.zeros(48))
+    torch.testing.assert_close(ours[1:4:2], stock[1:4:2])

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "HOTSWAP_FAST_CPU_LORA"
 _FALSE_VALUES = frozenset({"0", "false", "no", "off"})
 _MARKER = "_hotswap_fast_cpu_lora"
+_ORIGINAL = "_hotswap_vllm_get_punica_wrapper"
 PUNICA_WRAPPER = "server.lora_cpu.punica.SegmentedPunicaWrapperCPU"
 """The class path handed to vLLM as the CPU platform's punica wrapper."""
 
@@ -50,6 +51,8 @@ def register() -> None:
     def get_punica_wrapper(cls: Any) -> str:
         return PUNICA_WRAPPER
 
+    # vLLM's own method is kept beside the patch, so a test can put it back
+    setattr(platform_cls, _ORIGINAL, platform_cls.__dict__["get_punica_wrapper"])
     platform_cls.get_punica_wrapper = classmethod(get_punica_wrapper)
     setattr(platform_cls, _MARKER, True)
     logger.info("Segment-grouped CPU LoRA ops enabled (%s).", PUNICA_WRAPPER)
