@@ -135,6 +135,8 @@ def test_generate_with_schema_returns_a_parsed_valid_document(server: RunningSer
     assert body["valid"] is True and body["finish_reason"] == "stop"
     assert body["output"] == json.loads(body["text"])
     assert set(body["output"]) == {"city"}
+    compact = json.dumps(body["output"], ensure_ascii=False, separators=(",", ":"))
+    assert body["text"] == compact, "the document has whitespace between its tokens"
     assert body["adapter"] == {"name": BASE, "version": None}
     assert body["usage"]["total_tokens"] == (
         body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]

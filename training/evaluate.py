@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from adapters.json_grammar import structured_outputs_kwargs
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec
 from training.data import Example
 from training.framing import prompt_ids
@@ -63,10 +64,15 @@ class Engine:
         self, base_dir: Path, *, max_lora_rank: int = 16, backend: str = "outlines", seed: int = 0
     ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # vLLM's default is 5 s of wall time: on a loaded machine the 77-label BANKING77 schema
+        # (3.5 CPU s) times out. The server gives its engine 60 s (its setting
+        # `engine_schema_compile_timeout_s`); evaluation must not refuse what serving accepts.
+        os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", "60")
         from transformers import AutoTokenizer
         from vllm import LLM
 
         self.base_dir = base_dir
+        self.backend = backend
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
         self.llm = LLM(
             model=str(base_dir),
@@ -97,7 +103,7 @@ class Engine:
             temperature=0.0,
             max_tokens=max_tokens,
             structured_outputs=StructuredOutputsParams(
-                json=spec.output_schema, disable_any_whitespace=True
+                **structured_outputs_kwargs(spec.output_schema, self.backend)
             )
             if spec.output_schema
             else None,

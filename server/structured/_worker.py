@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapters.json_grammar import schema_regex
 from server.structured.budget import regex_budget
 from server.structured.errors import RefusalReason, SchemaRefusedError
 from server.structured.vocabulary import load_vocabulary
@@ -42,14 +43,14 @@ def _send(message: dict[str, Any]) -> None:
 
 
 def compile_schema(schema_json: str, vocabulary: Any) -> dict[str, Any]:
-    """What vLLM's `OutlinesBackend.compile_grammar` does for a JSON schema, timed and measured."""
+    """What vLLM's `OutlinesBackend.compile_grammar` does for the schema's regex (the one the
+    engine decodes with), timed and measured."""
     import outlines_core
-    from outlines_core.json_schema import build_regex_from_schema
 
     started = time.perf_counter()
     cpu_started = time.process_time()
     try:
-        regex = build_regex_from_schema(schema_json)
+        regex = schema_regex(schema_json)
     except ValueError as exc:
         return _refused(RefusalReason.UNSUPPORTED, f"outlines cannot build a regex: {exc}")
     try:

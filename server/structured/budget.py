@@ -1,9 +1,9 @@
 """How long a document the grammar can force, read off the regex outlines decodes with.
 
-The budget is computed on the regex (`build_regex_from_schema`, exactly as vLLM calls it), not
-on the schema: the regex is what constrains decoding, so its longest match is the longest
-document the engine can produce, with outlines' optional whitespace (`[ ]?` around every `:`
-and `,`) and its `$ref` depth cut-off included, which a schema walk would have to re-implement.
+The budget is computed on the regex (`adapters.json_grammar.schema_regex`, the very regex the
+engine decodes with under the `outlines` backend), not on the schema: the regex is what
+constrains decoding, so its longest match is the longest document the engine can produce, with
+outlines' `$ref` depth cut-off included, which a schema walk would have to re-implement.
 
 Tokens: the model's tokens are byte-level BPE pieces, at least one byte each, and a character
 can take up to four bytes; so a document needs at most `max_bytes` tokens, plus one for the
@@ -13,12 +13,12 @@ bound tokens (a 4-byte character may be generated as 4 byte tokens).
 
 from __future__ import annotations
 
-import json
 import re._constants as sre_c
 import re._parser as sre_p
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.json_grammar import schema_regex
 from server.structured.errors import RefusalReason, SchemaRefusedError
 
 _UNBOUNDED = None
@@ -42,11 +42,9 @@ class DocumentBudget:
 
 
 def regex_for_schema(schema: dict[str, Any]) -> str:
-    """The regex vLLM's outlines backend builds for `schema` (same serialisation, same call)."""
-    from outlines_core.json_schema import build_regex_from_schema
-
+    """The regex the engine decodes `schema` with (compact JSON, `adapters.json_grammar`)."""
     try:
-        return str(build_regex_from_schema(json.dumps(schema)))
+        return schema_regex(schema)
     except (ValueError, TypeError) as exc:
         raise SchemaRefusedError(
             RefusalReason.UNSUPPORTED, f"outlines cannot turn the schema into a regex: {exc}"
