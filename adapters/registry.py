@@ -49,7 +49,10 @@ class AdapterRegistry:
     Versions of a name are numbered 1, 2, ... and never renumbered or reused. The first
     version registered under a name with nothing promoted is promoted automatically, so a
     freshly uploaded adapter is servable by its bare name. Safe to call from several threads
-    (and processes sharing `home`): changes are serialised, reads never wait for an upload.
+    and processes, and from several machines when they share `store_dir` and a PostgreSQL
+    `database_url`: changes are serialised, reads never wait for an upload, and `resolve`
+    reads the promoted version from the database, so a promote committed anywhere is seen
+    by the next `resolve` everywhere.
     """
 
     def __init__(
@@ -58,8 +61,14 @@ class AdapterRegistry:
         base: BaseModelSpec,
         limits: ArchiveLimits | None = None,
         schema_check: SchemaCheck | None = None,
+        *,
+        database_url: str | None = None,
+        store_dir: Path | None = None,
     ) -> None:
-        self._store = AdapterStore(home / "adapters")
+        """`database_url`: SQLAlchemy URL of the metadata database (sqlite or postgresql),
+        default SQLite in the store folder; `store_dir`: the adapter files (and default
+        database), default `home/adapters`."""
+        self._store = AdapterStore(store_dir or home / "adapters", database_url)
         self._base = base
         self._limits = limits or ArchiveLimits()
         self._schema_check = schema_check

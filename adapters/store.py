@@ -1,61 +1,75 @@
-"""Embedded adapter storage: SQLite (WAL) for versions and promotions, content-addressed blobs.
+"""Adapter storage: versions and promotions in a database, content-addressed blobs on disk.
 
-Layout under `root` (`<home>/adapters`):
+Layout under `root` (`<home>/adapters`, or a folder every replica shares):
 
-    registry.db          versions, per-name state, promotion history
+    registry.db          versions, per-name state, promotion history (SQLite, the default;
+                         PostgreSQL instead when a database URL is given)
     blobs/<digest>/      adapter_config.json + adapter_model.safetensors, shared by versions
     tmp/                 uploads being unpacked and blobs being staged; swept at open
-    registry.lock        serialises writers across threads and processes
+    registry.lock        serialises writers across threads and processes (SQLite)
 
 Every state change is one transaction, and a version row is inserted only after its blob is
 fully in place (files and folder fsynced, then renamed), so a crash leaves at worst an orphan
-blob or temp folder, removed at the next open. Engine LoRA ids come from an AUTOINCREMENT key:
-never reused, even after deletes, so one id never stands for different bytes.
+blob or temp folder, removed at the next open. Engine LoRA ids come from an auto-increment key
+(SQLite AUTOINCREMENT, a PostgreSQL sequence): never reused, even after deletes, so one id
+never stands for different bytes. Reads go to the database every time: a promote committed by
+any process is what the next `get_promoted` anywhere returns.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
-import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
+from adapters.database import (
+    WRITE,
+    create_tables,
+    database_url,
+    names,
+    open_database,
+    promotions,
+    versions,
+    writer_lock,
+)
 from adapters.errors import AdapterConflict
 from adapters.manifest import AdapterManifest
 from adapters.validation import ADAPTER_FILES
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS names (
-    name TEXT PRIMARY KEY,
-    last_version INTEGER NOT NULL,   -- versions are never reused, even after deletes
-    promoted INTEGER                 -- version served for a bare name
-);
-CREATE TABLE IF NOT EXISTS versions (
-    lora_int_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL REFERENCES names (name),
-    version INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    manifest TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (name, version)
-);
-CREATE TABLE IF NOT EXISTS promotions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL
-);
-"""
-_VERSION_COLUMNS = "lora_int_id, name, version, digest, manifest, created_at"
-_Row = tuple[int, str, int, str, str, str]
+_VERSION_COLUMNS = (
+    versions.c.lora_int_id,
+    versions.c.name,
+    versions.c.version,
+    versions.c.digest,
+    versions.c.manifest,
+    versions.c.created_at,
+)
+_AnyRow = Row[*tuple[Any, ...]]
+# Reads are built once: each is one statement, so it sees one consistent state by itself.
+_WITH_PROMOTED = select(*_VERSION_COLUMNS, names.c.promoted).join(
+    names, names.c.name == versions.c.name
+)
+_LOAD_ALL = _WITH_PROMOTED.order_by(versions.c.name, versions.c.version)
+_LOAD = _WITH_PROMOTED.where(versions.c.name == bindparam("name")).order_by(versions.c.version)
+_GET_VERSION = select(*_VERSION_COLUMNS).where(
+    versions.c.name == bindparam("name"), versions.c.version == bindparam("version")
+)
+_GET_PROMOTED = (
+    select(*_VERSION_COLUMNS)
+    .join(names, names.c.name == versions.c.name)
+    .where(names.c.name == bindparam("name"), versions.c.version == names.c.promoted)
+)
 
 
 class AdapterVersion(BaseModel):
@@ -95,38 +109,40 @@ def compute_digest(folder: Path) -> str:
 
 
 class AdapterStore:
-    """Persistence for the registry. Reads see consistent WAL snapshots without `locked()`;
-    callers hold `locked()` around each change so checks and writes are not interleaved."""
+    """Persistence for the registry. Reads are single statements in autocommit mode, so each
+    sees one consistent state without `locked()`; callers hold `locked()` around each change
+    so checks and writes are not interleaved, and write transactions also lock the name's row
+    (FOR UPDATE)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database: str | None = None) -> None:
+        """Blobs under `root`; metadata in the database at URL `database` (sqlite or
+        postgresql), by default SQLite at `root/registry.db`."""
+        url = database_url(database, root / "registry.db")  # a bad URL fails before any change
         self._blobs = root / "blobs"
         self._tmp = root / "tmp"
-        self._db = root / "registry.db"
         self._lock_path = root / "registry.lock"
         self._thread_lock = threading.Lock()
         self._manifests: dict[int, AdapterManifest] = {}  # rows are immutable, ids never reused
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
-        # One connection, kept open: opening one costs ~1 ms, too much for `resolve` per request.
-        self._conn = sqlite3.connect(
-            self._db, timeout=30, isolation_level=None, check_same_thread=False
+        self._engine = open_database(url)
+        self._writer = self._engine.execution_options(**WRITE)
+        self._reader = open_database(url, autocommit=True)
+        self._insert: Any = (
+            postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         )
-        self._conn_lock = threading.Lock()
         with self.locked():
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
+            create_tables(self._engine)
             self._sweep()
 
     def close(self) -> None:
-        with self._conn_lock:
-            self._conn.close()
+        self._engine.dispose()
+        self._reader.dispose()
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Exclusive access for one change, across threads and processes."""
-        with self._thread_lock, self._lock_path.open("a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        """Exclusive access for one change, across threads, processes and (PostgreSQL) hosts."""
+        with self._thread_lock, writer_lock(self._engine, self._lock_path):
             yield
 
     @contextmanager
@@ -139,47 +155,41 @@ class AdapterStore:
 
     def load(self, name: str) -> AdapterDetail | None:
         """The adapter `name`, or None if it has no versions."""
-        with self._transaction() as conn:
-            state = conn.execute("SELECT promoted FROM names WHERE name = ?", (name,)).fetchone()
-            rows = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? ORDER BY version", (name,)
-            ).fetchall()
-        if state is None or not rows:
+        with self._read() as conn:
+            rows = conn.execute(_LOAD, {"name": name}).all()
+        if not rows:
             return None
         return AdapterDetail(
-            name=name, promoted_version=state[0], versions=[self._version(row) for row in rows]
+            name=name,
+            promoted_version=rows[0].promoted,
+            versions=[self._version(row) for row in rows],
         )
 
     def load_all(self) -> list[AdapterDetail]:
         """Every adapter with at least one version, by name."""
-        with self._transaction() as conn:
-            promoted = dict(conn.execute("SELECT name, promoted FROM names").fetchall())
-            rows = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY name, version"
-            ).fetchall()
-        versions: dict[str, list[AdapterVersion]] = {}
+        with self._read() as conn:
+            rows = conn.execute(_LOAD_ALL).all()
+        found: dict[str, list[_AnyRow]] = {}
         for row in rows:
-            versions.setdefault(row[1], []).append(self._version(row))
+            found.setdefault(row.name, []).append(row)
         return [
-            AdapterDetail(name=name, promoted_version=promoted[name], versions=found)
-            for name, found in versions.items()
+            AdapterDetail(
+                name=name,
+                promoted_version=group[0].promoted,
+                versions=[self._version(row) for row in group],
+            )
+            for name, group in found.items()
         ]
 
     def get_version(self, name: str, version: int) -> AdapterVersion | None:
-        with self._transaction() as conn:
-            row = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? AND version = ?",
-                (name, version),
-            ).fetchone()
+        with self._read() as conn:
+            row = conn.execute(_GET_VERSION, {"name": name, "version": version}).first()
         return None if row is None else self._version(row)
 
     def get_promoted(self, name: str) -> AdapterVersion | None:
-        with self._transaction() as conn:
-            row = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE (name, version) = "
-                "(SELECT name, promoted FROM names WHERE name = ?)",
-                (name,),
-            ).fetchone()
+        """The promoted version as the database holds it now: one query, one round trip."""
+        with self._read() as conn:
+            row = conn.execute(_GET_PROMOTED, {"name": name}).first()
         return None if row is None else self._version(row)
 
     # changes: call under locked()
@@ -193,30 +203,27 @@ class AdapterStore:
         try:
             with self._transaction(write=True) as conn:
                 conn.execute(
-                    "INSERT OR IGNORE INTO names (name, last_version) VALUES (?, 0)",
-                    (manifest.name,),
+                    self._insert(names)
+                    .values(name=manifest.name, last_version=0)
+                    .on_conflict_do_nothing(index_elements=["name"])
                 )
-                last, promoted = conn.execute(
-                    "SELECT last_version, promoted FROM names WHERE name = ?", (manifest.name,)
-                ).fetchone()
+                last, promoted = self._lock_name(conn, manifest.name)
                 version, created_at = last + 1, datetime.now(UTC)
                 stored = manifest.model_copy(
                     update={"version": version, "digest": digest, "created_at": created_at}
                 )
-                row = (
-                    manifest.name,
-                    version,
-                    digest,
-                    stored.model_dump_json(),
-                    created_at.isoformat(),
-                )
-                (lora_int_id,) = conn.execute(
-                    "INSERT INTO versions (name, version, digest, manifest, created_at) "
-                    "VALUES (?, ?, ?, ?, ?) RETURNING lora_int_id",
-                    row,
-                ).fetchone()
+                values = {
+                    "name": manifest.name,
+                    "version": version,
+                    "digest": digest,
+                    "manifest": stored.model_dump_json(),
+                    "created_at": created_at.isoformat(),
+                }
+                row = conn.execute(
+                    versions.insert().values(**values).returning(*_VERSION_COLUMNS)
+                ).one()
                 conn.execute(
-                    "UPDATE names SET last_version = ? WHERE name = ?", (version, manifest.name)
+                    update(names).where(names.c.name == manifest.name).values(last_version=version)
                 )
                 if promoted is None:
                     self._set_promoted(conn, manifest.name, version)
@@ -224,36 +231,40 @@ class AdapterStore:
             if placed:
                 shutil.rmtree(self._blobs / digest, ignore_errors=True)
             raise
-        return self._version((lora_int_id, *row))
+        return self._version(row)
 
     def promote(self, name: str, version: int) -> None:
         """Serve `version` for the bare name; recorded in the history that `rollback` unwinds."""
         with self._transaction(write=True) as conn:
-            current = conn.execute("SELECT promoted FROM names WHERE name = ?", (name,)).fetchone()
-            if current[0] != version:
+            _, current = self._lock_name(conn, name)
+            if current != version:
                 self._set_promoted(conn, name, version)
 
     def rollback_target(self, name: str) -> int:
         """The version `rollback` would promote, without changing anything."""
         with self._transaction() as conn:
-            _, version = self._rollback_plan(conn, name)
+            _, current = self._lock_name(conn, name, for_update=False)
+            _, version = self._rollback_plan(conn, name, current)
         return version
 
     def rollback(self, name: str) -> int:
         """Promote again the version promoted before the current one and return it."""
         with self._transaction(write=True) as conn:
-            superseded, version = self._rollback_plan(conn, name)
-            conn.executemany("DELETE FROM promotions WHERE seq = ?", [(s,) for s in superseded])
-            conn.execute("UPDATE names SET promoted = ? WHERE name = ?", (version, name))
+            _, current = self._lock_name(conn, name)
+            superseded, version = self._rollback_plan(conn, name, current)
+            if superseded:
+                conn.execute(delete(promotions).where(promotions.c.seq.in_(superseded)))
+            conn.execute(update(names).where(names.c.name == name).values(promoted=version))
         return version
 
     @staticmethod
-    def _rollback_plan(conn: sqlite3.Connection, name: str) -> tuple[list[int], int]:
+    def _rollback_plan(conn: Connection, name: str, current: int | None) -> tuple[list[int], int]:
         """(history entries of the current version to drop, the version to promote again)."""
-        (current,) = conn.execute("SELECT promoted FROM names WHERE name = ?", (name,)).fetchone()
         history = conn.execute(
-            "SELECT seq, version FROM promotions WHERE name = ? ORDER BY seq DESC", (name,)
-        ).fetchall()
+            select(promotions.c.seq, promotions.c.version)
+            .where(promotions.c.name == name)
+            .order_by(promotions.c.seq.desc())
+        ).all()
         superseded: list[int] = []
         for seq, version in history:
             if version != current:
@@ -267,21 +278,24 @@ class AdapterStore:
     def delete(self, name: str, version: int) -> None:
         """Remove a version that is not promoted; its blob goes when no version shares it."""
         with self._transaction(write=True) as conn:
-            (promoted,) = conn.execute(
-                "SELECT promoted FROM names WHERE name = ?", (name,)
-            ).fetchone()
+            _, promoted = self._lock_name(conn, name)
             if promoted == version:
                 raise AdapterConflict(
                     f"{name}@{version} is the promoted version; promote another version of "
                     f"{name!r} before deleting it"
                 )
             lora_int_id, digest = conn.execute(
-                "SELECT lora_int_id, digest FROM versions WHERE name = ? AND version = ?",
-                (name, version),
-            ).fetchone()
-            conn.execute("DELETE FROM versions WHERE lora_int_id = ?", (lora_int_id,))
-            conn.execute("DELETE FROM promotions WHERE name = ? AND version = ?", (name, version))
-            shared = conn.execute("SELECT 1 FROM versions WHERE digest = ?", (digest,)).fetchone()
+                select(versions.c.lora_int_id, versions.c.digest).where(
+                    versions.c.name == name, versions.c.version == version
+                )
+            ).one()
+            conn.execute(delete(versions).where(versions.c.lora_int_id == lora_int_id))
+            conn.execute(
+                delete(promotions).where(promotions.c.name == name, promotions.c.version == version)
+            )
+            shared = conn.execute(
+                select(versions.c.lora_int_id).where(versions.c.digest == digest).limit(1)
+            ).first()
         self._manifests.pop(lora_int_id, None)
         if shared is None:  # a crash before this line leaves an orphan, swept at the next open
             shutil.rmtree(self._blobs / digest, ignore_errors=True)
@@ -289,34 +303,45 @@ class AdapterStore:
     # internals
 
     @contextmanager
-    def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        with self._conn_lock:
-            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _read(self) -> Iterator[Connection]:
+        """A pooled autocommit connection, for single-statement reads: no BEGIN and COMMIT
+        around them (on PostgreSQL, one round trip instead of three)."""
+        with self._reader.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction on a pooled connection; on SQLite a write one begins IMMEDIATE."""
+        with (self._writer if write else self._engine).begin() as conn:
+            yield conn
 
     @staticmethod
-    def _set_promoted(conn: sqlite3.Connection, name: str, version: int) -> None:
-        conn.execute("UPDATE names SET promoted = ? WHERE name = ?", (version, name))
-        conn.execute("INSERT INTO promotions (name, version) VALUES (?, ?)", (name, version))
+    def _lock_name(
+        conn: Connection, name: str, *, for_update: bool = True
+    ) -> tuple[int, int | None]:
+        """(last_version, promoted) of `name`, its row locked until the transaction ends
+        (PostgreSQL; SQLite's write transaction already holds the database's write lock)."""
+        query = select(names.c.last_version, names.c.promoted).where(names.c.name == name)
+        last, promoted = conn.execute(query.with_for_update() if for_update else query).one()
+        return int(last), promoted
 
-    def _version(self, row: _Row) -> AdapterVersion:
-        lora_int_id, name, version, digest, manifest_json, created_at = row
-        manifest = self._manifests.get(lora_int_id)
+    @staticmethod
+    def _set_promoted(conn: Connection, name: str, version: int) -> None:
+        conn.execute(update(names).where(names.c.name == name).values(promoted=version))
+        conn.execute(promotions.insert().values(name=name, version=version))
+
+    def _version(self, row: _AnyRow) -> AdapterVersion:
+        manifest = self._manifests.get(row.lora_int_id)
         if manifest is None:
-            manifest = AdapterManifest.model_validate_json(manifest_json)
-            self._manifests[lora_int_id] = manifest
+            manifest = AdapterManifest.model_validate_json(row.manifest)
+            self._manifests[row.lora_int_id] = manifest
         return AdapterVersion(
-            name=name,
-            version=version,
-            lora_int_id=lora_int_id,
-            digest=digest,
-            path=self._blobs / digest,
-            created_at=datetime.fromisoformat(created_at),
+            name=row.name,
+            version=row.version,
+            lora_int_id=row.lora_int_id,
+            digest=row.digest,
+            path=self._blobs / row.digest,
+            created_at=datetime.fromisoformat(row.created_at),
             manifest=manifest,
         )
 
@@ -341,8 +366,8 @@ class AdapterStore:
         """Remove what a crashed writer left: temp folders and blobs no version refers to."""
         for leftover in self._tmp.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
-        with self._transaction() as conn:
-            used = {digest for (digest,) in conn.execute("SELECT DISTINCT digest FROM versions")}
+        with self._read() as conn:
+            used = set(conn.execute(select(versions.c.digest).distinct()).scalars())
         for blob in self._blobs.iterdir():
             if blob.name not in used:
                 shutil.rmtree(blob, ignore_errors=True)

@@ -19,6 +19,7 @@ from adapters.archive import ArchiveLimits
 from adapters.base_spec import BaseModelSpec, spec_from_hf_config
 from adapters.errors import AdapterRejected
 from adapters.registry import AdapterRegistry
+from tests.support.postgres import RunningPostgres, postgres  # noqa: F401 (fixture)
 
 FINGERPRINT = "sha256:" + "0" * 64
 BASE_CONFIG = {
@@ -175,13 +176,29 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each registry test runs on both backends: the embedded SQLite file (None: the default)
+    and a fresh database on a real PostgreSQL started for the session."""
+    if request.param == "sqlite":
+        return None
+    server: RunningPostgres = request.getfixturevalue("postgres")
+    return server.create_database()
+
+
 @pytest.fixture
-def open_registry(home: Path, base_spec: BaseModelSpec) -> Iterator[Callable[[], AdapterRegistry]]:
+def open_registry(
+    home: Path, base_spec: BaseModelSpec, database_url: str | None
+) -> Iterator[Callable[[], AdapterRegistry]]:
     """Opens (or re-opens) the registry at `home`, as the server would at start."""
     opened: list[AdapterRegistry] = []
 
     def open_one() -> AdapterRegistry:
-        opened.append(AdapterRegistry(home, base_spec, LIMITS, schema_check=refuse_patterns))
+        opened.append(
+            AdapterRegistry(
+                home, base_spec, LIMITS, schema_check=refuse_patterns, database_url=database_url
+            )
+        )
         return opened[-1]
 
     yield open_one

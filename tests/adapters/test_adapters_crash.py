@@ -51,7 +51,7 @@ from adapters import store
 from adapters.base_spec import spec_from_hf_config
 from adapters.registry import AdapterRegistry
 
-home, base, archive, fingerprint, step = sys.argv[1:]
+home, base, archive, fingerprint, step, url = sys.argv[1:]
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 if step == "copy":
@@ -59,13 +59,13 @@ if step == "copy":
 else:
     store.AdapterStore._set_promoted = staticmethod(die)
 spec = spec_from_hf_config(Path(base), fingerprint=fingerprint, max_lora_rank=8)
-AdapterRegistry(Path(home), spec).register(Path(archive))
+AdapterRegistry(Path(home), spec, database_url=url or None).register(Path(archive))
 """
 
 
 @pytest.mark.parametrize("step", ["copy", "transaction"])
 def test_kill_9_mid_register_leaves_nothing_after_reopening(
-    step, open_registry, kit, home, tmp_path
+    step, open_registry, kit, home, tmp_path, database_url
 ):
     existing = open_registry()
     existing.register(kit.tar_gz(kit.folder(name="existing")))
@@ -73,6 +73,7 @@ def test_kill_9_mid_register_leaves_nothing_after_reopening(
     archive = kit.tar_gz(kit.folder(name="fresh", seed=3))
 
     args = [str(home), str(tmp_path / "base"), str(archive), kit.fingerprint, step]
+    args.append(database_url or "")
     run = subprocess.run([sys.executable, "-c", _KILLED_REGISTER, *args], cwd=REPO, check=False)
 
     assert run.returncode == -9
