@@ -77,10 +77,12 @@ class AdapterService:
         logger.info("Deleted %s@%d", name, version)
 
     async def warm_promoted(self, limit: int) -> None:
-        """After a restart, load up to `limit` promoted versions before serving."""
-        promoted = [s for s in self._registry.list_adapters() if s.promoted_version is not None]
-        for summary in promoted[:limit]:
-            await self._load(self._registry.resolve(summary.name))
+        """At start and after an engine restart, load up to `limit` promoted versions
+        before serving."""
+        async with self._changes:
+            promoted = [s for s in self._registry.list_adapters() if s.promoted_version is not None]
+            for summary in promoted[:limit]:
+                await self._load(self._registry.resolve(summary.name))
 
     async def _load(self, version: AdapterVersion) -> None:
         """Load a version into the engine (timed, counted) before anything points at it."""

@@ -6,22 +6,30 @@ Everything outside this module speaks in hotswap's own small types (`Sampling`,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
+import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from adapters.json_grammar import structured_outputs_kwargs
 from server.base_model import BaseModel
 from server.errors import EngineUnavailable, InvalidRequest
 from server.metrics.instruments import ADAPTER_COLD_LOADS
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_DEATH_CHECK_S = 0.5  # how often a waiting engine call checks that the core still runs
+_DIED = "The engine stopped while serving this request; it restarts by itself, retry shortly."
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,19 @@ class Chunk:
     finish_reason: str | None
 
 
+def _stop_starting_engine_cores() -> None:
+    """A start's thread waits for its engine core to come up (minutes on a loaded CPU
+    machine) and cannot be cancelled: kill that process (vLLM names it `EngineCore`) and its
+    workers, so the start fails at once and the server exits without leaving them behind.
+    (A core still starting ignores SIGTERM until it is up.)"""
+    for process in multiprocessing.active_children():
+        if process.name.startswith("EngineCore"):
+            from vllm.utils.system_utils import kill_process_tree
+
+            logger.info("Killing the engine core being started (pid %s)", process.pid)
+            kill_process_tree(process.pid)
+
+
 def resolve_dtype(settings: Settings, on_cuda: bool) -> str:
     """`auto` means bfloat16 on CPU (fast there) and the model's own dtype on GPU."""
     if settings.dtype != "auto":
@@ -73,14 +94,67 @@ class Engine:
         # Mirror of the engine's host-memory LRU of adapters (max_cpu_loras entries), to tell
         # which requests pay a cold load from disk.
         self._resident: OrderedDict[int, None] = OrderedDict()
+        # False while the engine is being restarted and its adapters reloaded.
+        self._serving = False
+        self._closed = False
+        self._building = False  # a new engine core is starting
+        self._swap = threading.Lock()  # guards `_llm` and `_closed` against a start thread
 
     @property
     def ready(self) -> bool:
+        """Requests may come in: the engine core runs and is not being recovered."""
+        return self._serving and self._alive()
+
+    @property
+    def errored(self) -> bool:
+        """The engine core died (vLLM has already failed the requests it was running)."""
+        return self._llm is not None and bool(self._llm.errored)
+
+    def _alive(self) -> bool:
         return self._llm is not None and not self._llm.errored
 
     def start_blocking(self) -> None:
         """Build the engine (spawns the engine core process); returns once it can serve.
         Blocks for the engine's start-up (seconds): call it from a worker thread."""
+        self._launch()
+        self._serving = True
+        logger.info("Engine ready: %s (%s)", self.base.name, self.base.fingerprint)
+
+    def restart_blocking(self) -> None:
+        """Stop the (dead) engine and build a new one that holds no adapter yet; `ready`
+        stays False until `resume`. Blocks like `start_blocking`."""
+        with self._swap:
+            self._serving = False
+            old, self._llm = self._llm, None
+            self._resident.clear()
+        if old is not None:
+            old.shutdown()
+        self._launch()
+        logger.info("Engine restarted: %s", self.base.name)
+
+    def _launch(self) -> None:
+        """Build a new engine and make it the current one. Raises EngineUnavailable (and
+        stops the new engine) if the server shuts down meanwhile."""
+        with self._swap:
+            if self._closed:
+                raise EngineUnavailable("The server is shutting down.")
+            self._building = True
+        try:
+            llm = self._build()
+        finally:
+            self._building = False
+        with self._swap:
+            if not self._closed:
+                self._llm, self._tokenizer = llm, llm.get_tokenizer()
+                return
+        llm.shutdown()
+        raise EngineUnavailable("The server is shutting down.")
+
+    def resume(self) -> None:
+        """Let requests in again after a restart (adapters reloaded)."""
+        self._serving = True
+
+    def _build(self) -> Any:
         self._export_engine_environment()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -101,9 +175,7 @@ class Engine:
             seed=s.seed,
             disable_log_stats=False,
         )
-        self._llm = AsyncLLM.from_engine_args(args)
-        self._tokenizer = self._llm.get_tokenizer()
-        logger.info("Engine ready: %s (%s)", self.base.name, self.base.fingerprint)
+        return AsyncLLM.from_engine_args(args)
 
     def _export_engine_environment(self) -> None:
         """Settings the engine core process reads from its environment (it is spawned)."""
@@ -115,15 +187,40 @@ class Engine:
         )
 
     def shutdown(self) -> None:
-        if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+        """Stop the engine for good, also one still starting (its core is stopped)."""
+        with self._swap:
+            self._closed, self._serving = True, False
+            llm, self._llm = self._llm, None
+            building = self._building
+        if llm is not None:
+            llm.shutdown()
             logger.info("Engine stopped")
+        if building:
+            _stop_starting_engine_cores()
 
     def _require(self) -> Any:
-        if not self.ready:
+        llm = self._llm
+        if llm is None or llm.errored:
             raise EngineUnavailable("The engine is not ready; retry shortly.")
-        return self._llm
+        return llm
+
+    async def _utility(self, call: Awaitable[T]) -> T:
+        """Await a call answered by the engine core. vLLM leaves such a call waiting forever
+        when the core dies, so the core's liveness is checked while it runs."""
+        task = asyncio.ensure_future(call)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=_DEATH_CHECK_S)
+                if not task.done() and not self._alive():
+                    raise EngineUnavailable(_DIED)
+            return task.result()
+        except Exception as exc:
+            if isinstance(exc, EngineUnavailable) or self._alive():
+                raise
+            # vLLM's EngineDeadError, or whatever the call met while the core went down
+            raise EngineUnavailable(_DIED) from exc
+        finally:
+            task.cancel()
 
     def render_chat(self, messages: Sequence[Mapping[str, object]]) -> list[int]:
         """Token ids of a chat conversation framed by the model's chat template."""
@@ -148,7 +245,7 @@ class Engine:
         from vllm.lora.request import LoRARequest
 
         llm = self._require()
-        await llm.add_lora(LoRARequest(lora.name, lora.lora_int_id, str(lora.path)))
+        await self._utility(llm.add_lora(LoRARequest(lora.name, lora.lora_int_id, str(lora.path))))
         self._touch(lora.lora_int_id)
         prompt = self.tokenize("warm-up")
         request_id = f"warm-{lora.name}-{uuid.uuid4().hex}"
@@ -166,7 +263,7 @@ class Engine:
 
     async def loaded_loras(self) -> set[int]:
         """Engine ids of the adapters the engine holds now."""
-        return set(await self._require().list_loras())
+        return set(await self._utility(self._require().list_loras()))
 
     async def generate(
         self,
@@ -191,7 +288,11 @@ class Engine:
             stop=list(sampling.stop) or None,
             output_kind=RequestOutputKind.DELTA,
             structured_outputs=(
-                StructuredOutputsParams(json=sampling.json_schema, disable_any_whitespace=True)
+                StructuredOutputsParams(
+                    **structured_outputs_kwargs(
+                        sampling.json_schema, self._settings.structured_outputs_backend
+                    )
+                )
                 if sampling.json_schema is not None
                 else None
             ),
@@ -218,6 +319,10 @@ class Engine:
                         finish_reason=step.finish_reason if out.finished else None,
                     )
         except EngineDeadError as exc:
-            raise EngineUnavailable("The engine stopped while serving this request.") from exc
+            raise EngineUnavailable(_DIED) from exc
         except ValueError as exc:  # vLLM's request validation (e.g. a schema it rejects)
             raise InvalidRequest(str(exc)) from exc
+        except Exception as exc:  # whatever a call met while the core went down
+            if not llm.errored:
+                raise
+            raise EngineUnavailable(_DIED) from exc

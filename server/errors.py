@@ -9,6 +9,7 @@ class HotswapError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    retry_after_s: int | None = None  # sent as `Retry-After` when set
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -33,6 +34,7 @@ class PromptTooLong(HotswapError):
 class EngineUnavailable(HotswapError):
     status = 503
     code = "engine_unavailable"
+    retry_after_s = 5
 
 
 class PayloadTooLarge(HotswapError):

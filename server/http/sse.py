@@ -16,6 +16,11 @@ def error_body(exc: HotswapError) -> dict[str, dict[str, str | int]]:
     return {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
 
 
+def retry_headers(exc: HotswapError) -> dict[str, str] | None:
+    """`Retry-After` for errors that pass by themselves (the engine restarting)."""
+    return None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+
+
 def event_stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
     """Stream pydantic models as SSE; an error mid-stream becomes a final error event."""
 

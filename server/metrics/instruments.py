@@ -82,3 +82,9 @@ ADAPTER_SWAPS = Counter(
 ADAPTERS_LOADED = Gauge(
     "hotswap_adapters_loaded", "Adapter versions the engine holds (GPU/CPU slots and cache)."
 )
+ENGINE_RESTARTS = Counter(
+    "hotswap_engine_restarts_total",
+    "Restarts of the engine after its core process died, by outcome: ok (serving again, "
+    "adapters reloaded) or failed (another attempt follows, or the server stays not ready).",
+    ["outcome"],
+)

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from server.errors import EngineUnavailable
+
 router = APIRouter(tags=["health"])
 
 
@@ -17,11 +19,16 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """200 once the engine serves; 503 before (and if it stops)."""
+    """200 once the engine serves; 503 before, and while it is restarted after its core died
+    (or for good when the restarts failed: see the log)."""
     state = getattr(request.app.state, "hotswap", None)
     if state is not None and state.engine.ready:
         return JSONResponse({"status": "ready", "base_model": state.engine.base.name})
-    return JSONResponse({"status": "starting"}, status_code=503)
+    return JSONResponse(
+        {"status": "starting" if state is None else "unavailable"},
+        status_code=503,
+        headers={"Retry-After": str(EngineUnavailable.retry_after_s)},
+    )
 
 
 @router.get("/metrics")
