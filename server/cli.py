@@ -43,10 +43,17 @@ def serve(
     adapter: Annotated[
         list[str] | None, typer.Option(help="Serve a PEFT LoRA folder as NAME=PATH (repeatable).")
     ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run as a Ray Serve application (RAY_ADDRESS or local).")
+    ] = False,
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="Engine replicas with --ray (default 2).")
+    ] = None,
 ) -> None:
-    """Start the server (HTTP API, gRPC API and /metrics) and its engine."""
-    from server.http.app import run
-
+    """Start the server (HTTP API, gRPC API and /metrics) and its engine; with --ray, an
+    ingress and N engine replicas on Ray Serve."""
+    if replicas is not None and not ray:
+        raise typer.BadParameter("--replicas needs --ray", param_hint="--replicas")
     overrides: dict[str, object] = {
         key: value
         for key, value in {
@@ -55,13 +62,21 @@ def serve(
             "grpc_port": grpc_port,
             "base_model": base_model,
             "dtype": dtype,
+            "ray_replicas": replicas,
         }.items()
         if value is not None
     }
     if adapter:
         overrides["adapters"] = _parse_adapters(adapter)
     settings = Settings.model_validate({**Settings().model_dump(), **overrides})
-    run(settings)
+    if ray:
+        from server.ray_serve.run import run as run_on_ray
+
+        run_on_ray(settings)
+    else:
+        from server.http.app import run
+
+        run(settings)
 
 
 @app.command("prepare-model")

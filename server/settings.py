@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.auth import Role
@@ -23,6 +23,17 @@ class Settings(BaseSettings):
     home: Path = Field(
         default=Path("~/.cache/hotswap").expanduser(),
         description="Where the prepared base model and the adapter registry live.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the registry's metadata database, e.g. "
+        "postgresql://user:password@db:5432/hotswap, shared by every replica; unset: SQLite "
+        "in the adapter store folder.",
+    )
+    adapter_store_dir: Path | None = Field(
+        default=None,
+        description="Where adapter files (and the default SQLite registry) live; every "
+        "replica must read the same folder. Unset: <home>/adapters.",
     )
     base_model: str | None = Field(
         default=None,
@@ -95,6 +106,17 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="How long in-flight requests may run on shutdown."
     )
+    engine_check_interval_s: float = Field(
+        default=0.5, gt=0, description="How often the supervisor checks that the engine core runs."
+    )
+    engine_restart_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Restarts tried in a row after the engine core dies; then it stays not ready.",
+    )
+    engine_restart_delay_s: float = Field(
+        default=10.0, ge=0, description="Pause between two failed engine restarts."
+    )
     adapters: dict[str, Path] = Field(
         default_factory=dict,
         description="PEFT LoRA folders registered (and promoted if new) at start, NAME -> PATH.",
@@ -108,4 +130,20 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(
         default=1 << 30, ge=1, description="Largest adapter archive accepted, in bytes."
+    )
+    ray_replicas: int = Field(
+        default=2, ge=1, description="Engine replicas of the Ray Serve application (`--ray`)."
+    )
+    ray_cpus_per_replica: float = Field(
+        default=1.0, ge=0, description="Ray CPUs reserved by each engine replica."
+    )
+    ray_gpus_per_replica: float | None = Field(
+        default=None,
+        ge=0,
+        description="Ray GPUs per engine replica; unset: 1 when the Ray cluster has GPUs, else 0.",
+    )
+    ray_metrics_dir: Path | None = Field(
+        default=None,
+        description="Where each engine replica writes its scrape address for Prometheus "
+        "(file_sd_configs); unset: <home>/ray/metrics-targets.",
     )

@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,13 +23,14 @@ from adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
 from adapters.registry import AdapterRegistry
 from server.adapter_service import AdapterService
 from server.auth import AuthError, KeyRing, Role, check_bind_address
-from server.base_model import resolve_base_model
+from server.base_model import BaseModel, resolve_base_model
 from server.catalog import ModelCatalog
 from server.engine import Engine
+from server.engine_supervisor import EngineSupervisor
 from server.errors import HotswapError
 from server.generation import GenerationService
 from server.http.routes import adapters, generate, health, openai, stats
-from server.http.sse import error_body
+from server.http.sse import error_body, retry_headers
 from server.http.state import ServerState, require
 from server.metrics.labels import LabelTracker
 from server.request_log import request_id_middleware
@@ -39,10 +40,15 @@ from server.structured import CompileGuard
 
 logger = logging.getLogger(__name__)
 
+# Builds the engine the app serves with: the in-process `Engine`, or one whose vLLM runs
+# elsewhere (`server.ray_serve.remote_engine.RemoteEngine`).
+EngineFactory = Callable[[Settings, BaseModel], Engine]
 
-async def _start(app: FastAPI, settings: Settings) -> None:
+
+async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory) -> None:
     """Prepare the base model, open the registry, start the engine and load the promoted
-    adapters, without blocking the probes."""
+    adapters, without blocking the probes; then supervise the engine (restart it if its
+    core dies) until the server stops."""
     base = await asyncio.to_thread(
         resolve_base_model, settings.base_model, settings.home, settings.served_model_name
     )
@@ -52,8 +58,11 @@ async def _start(app: FastAPI, settings: Settings) -> None:
             base.path, fingerprint=base.fingerprint, max_lora_rank=settings.max_lora_rank
         ),
         limits=ArchiveLimits(max_archive_bytes=settings.max_upload_bytes),
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        store_dir=settings.adapter_store_dir,
     )
-    engine = Engine(settings, base)
+    engine = engine_factory(settings, base)
+    app.state.engine = engine  # stopped by the lifespan, even while it starts
     guard = CompileGuard(
         base.path,
         timeout_s=settings.schema_compile_timeout_s,
@@ -81,6 +90,14 @@ async def _start(app: FastAPI, settings: Settings) -> None:
     app.state.hotswap = ServerState(
         engine=engine, catalog=catalog, generation=generation, adapters=service, labels=labels
     )
+    supervisor = EngineSupervisor(
+        engine,
+        lambda: service.warm_promoted(settings.max_loras),
+        check_interval_s=settings.engine_check_interval_s,
+        max_attempts=settings.engine_restart_attempts,
+        retry_delay_s=settings.engine_restart_delay_s,
+    )
+    await supervisor.watch()  # until the server stops, or recovery failed (not ready)
 
 
 async def _register_folder(service: AdapterService, name: str, folder: Path) -> None:
@@ -103,24 +120,27 @@ _ADAPTER_ERROR_STATUS: dict[type[AdapterError], int] = {
 }
 
 
-def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
+def create_app(
+    settings: Settings, keys: KeyRing, engine_factory: EngineFactory = Engine
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from server.grpc_api.server import start_grpc_server, stop_grpc_server
 
         app.state.hotswap = None
+        app.state.engine = None
         app.state.schema_guard = None
         grpc_server = await start_grpc_server(settings, keys, lambda: app.state.hotswap)
-        starting = asyncio.create_task(_start(app, settings))
+        starting = asyncio.create_task(_start(app, settings, engine_factory))
         starting.add_done_callback(_stop_if_start_failed)
         try:
             yield
         finally:
             await stop_grpc_server(grpc_server, settings.shutdown_grace_s)
             starting.cancel()
-            state: ServerState | None = app.state.hotswap
-            if state is not None:
-                state.engine.shutdown()
+            engine: Engine | None = app.state.engine
+            if engine is not None:
+                engine.shutdown()
             guard: CompileGuard | None = app.state.schema_guard
             if guard is not None:
                 await asyncio.to_thread(guard.close)
@@ -132,7 +152,7 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
 
     @app.exception_handler(HotswapError)
     async def _hotswap_error(_: Request, exc: HotswapError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.status)
+        return JSONResponse(error_body(exc), status_code=exc.status, headers=retry_headers(exc))
 
     @app.exception_handler(AdapterError)
     async def _adapter_error(_: Request, exc: AdapterError) -> JSONResponse:

@@ -50,7 +50,13 @@ class RunningServer:
 
 
 def start_server(
-    log: Path, *, home: Path, base_model: Path, args: list[str], env: dict[str, str] | None = None
+    log: Path,
+    *,
+    home: Path,
+    base_model: Path,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> RunningServer:
     """`hotswap serve` with its registry in `home` and the prepared `base_model` folder."""
     port, grpc_port = free_port(), free_port()
@@ -75,7 +81,7 @@ def start_server(
         log=log,
         grpc_target=f"127.0.0.1:{grpc_port}",
     )
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
@@ -88,4 +94,4 @@ def start_server(
             pass
         time.sleep(1)
     running.stop()
-    raise RuntimeError(f"hotswap serve not ready in {READY_TIMEOUT_S}s:\n{running.log_tail()}")
+    raise RuntimeError(f"hotswap serve not ready in {ready_timeout_s}s:\n{running.log_tail()}")
