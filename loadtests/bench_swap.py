@@ -160,11 +160,19 @@ def main() -> None:
     print("\nupload -> promote -> first response of the new version (rank 16, all linear)")
     print("  " + summary(ttfr))
     print(f"\nrequest latency, 4 closed-loop clients, {seconds:.0f} s each")
-    print(f"  no swaps:            {summary(quiet)}  failed {quiet_failed}")
-    print(f"  swap every 3 s ({swaps:2d}): {summary(busy)}  failed {busy_failed}")
+    print(
+        f"  no swaps:            {summary(quiet)}  {len(quiet) / seconds:5.2f} req/s"
+        f"  failed {quiet_failed}"
+    )
+    print(
+        f"  swap every 3 s ({swaps:2d}): {summary(busy)}  {len(busy) / seconds:5.2f} req/s"
+        f"  failed {busy_failed}"
+    )
     print(
         f"  ratio with/without swaps: p50 {percentile(busy, 50) / percentile(quiet, 50):.2f}  "
-        f"p95 {percentile(busy, 95) / percentile(quiet, 95):.2f}"
+        f"p95 {percentile(busy, 95) / percentile(quiet, 95):.2f}  "
+        f"p99 {percentile(busy, 99) / percentile(quiet, 99):.2f}  "
+        f"req/s {len(busy) / len(quiet):.2f}"
     )
     print("\ncold loads (4 adapters cycled, engine keeps 2)")
     print(f"  cold: {summary(cold)}")

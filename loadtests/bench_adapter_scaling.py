@@ -1,0 +1,127 @@
+"""Throughput retention as the number of distinct adapters in the mix grows: 1, 2, 4, 8, 16.
+
+One `hotswap serve` on loopback (bf16, `max_loras` 16 so that every adapter of the mix can
+share a batch), 16 PEFT LoRAs (rank 8, q/v). Every run sends the same streamed chat requests
+(same prompts, greedy), spread round-robin over k adapters; a base-model run comes before
+each mix and after the last, and each mix is compared with the mean of the two base runs
+around it (so slow drift of a shared machine cancels). Prints the table and writes a plot to
+`docs/img/adapter_scaling.png`.
+
+    .venv/bin/python loadtests/bench_adapter_scaling.py          # a few minutes
+    .venv/bin/python loadtests/bench_adapter_scaling.py --long   # more requests, 2 passes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loadtests.bench_engine import make_adapters  # noqa: E402
+from loadtests.bench_vs_vllm import base_name  # noqa: E402
+from loadtests.workload import load_prompts, request_mix, run_calls  # noqa: E402
+from server.base_model import prepare_default_base_model  # noqa: E402
+from server.settings import Settings  # noqa: E402
+from tests.support.server import start_server  # noqa: E402
+
+MIXES = (1, 2, 4, 8, 16)
+PLOT = ROOT / "docs" / "img" / "adapter_scaling.png"
+
+
+async def measure(
+    url: str, base: str, adapters: list[str], args: argparse.Namespace
+) -> dict[int, list[float]]:
+    """Retention (mix tokens/s ÷ mean of the base runs before and after) per mix, per pass."""
+    prompts = load_prompts()
+
+    async def rate(models: list[str]) -> float:
+        calls = request_mix(models, prompts, args.requests)
+        result = await run_calls(url, calls, args.concurrency, args.max_tokens)
+        return result.tokens_per_s
+
+    await run_calls(url, request_mix(adapters, prompts, len(adapters)), 8, 4)  # load all
+    retention: dict[int, list[float]] = {k: [] for k in MIXES}
+    for _ in range(args.passes):
+        before = await rate([base])
+        for k in MIXES:
+            mixed = await rate(adapters[:k])
+            after = await rate([base])
+            retention[k].append(mixed / ((before + after) / 2))
+            print(
+                f"{k:2d} adapters: {mixed:7.1f} tok/s, base around it {before:7.1f} / "
+                f"{after:7.1f}: retention {retention[k][-1]:.2f}",
+                flush=True,
+            )
+            before = after
+    return retention
+
+
+def plot(retention: dict[int, float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.6))
+    axes.plot(list(retention), list(retention.values()), marker="o", label="hotswap")
+    axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="base model only")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(list(retention), [str(k) for k in retention])
+    axes.set_ylim(0, max(1.1, *retention.values()) * 1.05)
+    axes.set_xlabel("distinct adapters in the mix")
+    axes.set_ylabel("throughput ÷ base model")
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc="lower left")
+    figure.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOT, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=32, help="per run")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--long", action="store_true", help="64 requests of 64 tokens, 2 passes")
+    args = parser.parse_args()
+    if args.long:
+        args.requests, args.max_tokens, args.passes = 64, 64, 2
+    base = prepare_default_base_model(Settings().home)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        adapters = make_adapters(base, tmp, max(MIXES), 8, ["q_proj", "v_proj"])
+        (tmp / "home").mkdir()
+        server = start_server(
+            tmp / "server.log",
+            home=tmp / "home",
+            base_model=base,
+            args=["--dtype", "bfloat16", *(f"--adapter={p.name}={p}" for p in adapters)],
+            env={"HOTSWAP_MAX_LORAS": str(max(MIXES))},
+        )
+        try:
+            names = [p.name for p in adapters]
+            retention = asyncio.run(measure(server.url, base_name(server.url), names, args))
+        finally:
+            server.stop()
+    medians = {k: statistics.median(values) for k, values in retention.items()}
+    title = (
+        f"{args.requests} streamed requests x {args.max_tokens} tokens, {args.concurrency} "
+        "concurrent; LoRA rank 8 on q/v, bf16, CPU"
+    )
+    print(f"\n{title}")
+    print(f"{'adapters':>9} {'x base':>7}")
+    for k, value in medians.items():
+        print(f"{k:9d} {value:7.2f}")
+    plot(medians, title)
+    print(f"plot: {PLOT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
