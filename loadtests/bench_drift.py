@@ -2,6 +2,7 @@
 
     .venv/bin/python loadtests/bench_drift.py           # defaults, about a minute
     .venv/bin/python loadtests/bench_drift.py --long    # more seeds, and other window sizes
+    .venv/bin/python loadtests/bench_drift.py --served ADAPTER.tar.gz   # end to end, ~10-30 min
 
 The reference is the label distribution of BANKING77's training split. Label streams are test-split
 rows resampled so that their labels follow (a) the training distribution (no shift), or (b) a
@@ -18,11 +19,18 @@ q = (1 - s) * p_train + s * uniform(5 intents).
 Window counts for all evaluation points are computed at once from cumulative counts and fed to the
 statistics of `server.metrics.drift`; one stream is also replayed through `DriftMonitor` itself to
 check that both paths raise the same alarms.
+
+`--served ARCHIVE` is the end-to-end run: a trained BANKING77
+adapter archive is pushed to a real `hotswap serve` on loopback and test texts stream through
+`/v1/generate`; the server's own drift gauges are read from `/v1/adapters/{name}/stats` and
+`/metrics`. There the window holds the adapter's *predicted* intents, and the reference is the
+one in the adapter's manifest.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import sys
@@ -31,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -278,12 +287,244 @@ def _count(value: float) -> str:
     return "miss" if np.isinf(value) else str(int(value))
 
 
+# --------------------------------------------------------------------------------------------
+# End to end: a trained adapter served by a real `hotswap serve`
+
+SERVED_CONCURRENCY = 8
+"""Requests in flight per stream; the drift status is read after every batch of this many."""
+SERVED_SHIFT = 0.5
+SERVED_READY_TIMEOUT_S = 1800.0
+SERVED_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class ServedStream:
+    """One adapter name fed one label stream; what its drift status said after each batch."""
+
+    name: str
+    texts: list[str]
+    true_labels: list[str]
+    shift_starts: int | None
+    """Index of the first shifted request (None: no shift)."""
+
+
+@dataclass
+class ServedResult:
+    stream: ServedStream
+    polls: list[tuple[int, bool, float, int]]
+    """(requests answered, drifted, chi-square p-value, window count) after each batch."""
+    predicted: list[str]
+    metrics_lines: list[str]
+
+
+def served_streams(
+    data: Banking77,
+    texts: list[str],
+    reference: ReferenceDistribution,
+    windows: int,
+    window: int,
+    seed: int,
+) -> tuple[ServedStream, ServedStream]:
+    """(a) test texts sampled to the adapter's reference, `1 + windows` windows long; (b) one
+    window of that, then a `SERVED_SHIFT` shift onto 5 intents for `MAX_DELAY_WINDOWS` windows."""
+    rng = np.random.default_rng(seed)
+    # The adapter's reference, over this data's bins (same labels, maybe another order).
+    p = np.array(
+        [reference.probabilities[reference.index(label)] for label in data.reference.labels]
+    )
+    by_bin = {b: np.flatnonzero(data.test_bins == b) for b in range(len(p))}
+
+    def rows_for(bins: Bins) -> list[int]:
+        return [int(rng.choice(by_bin[int(b)])) for b in bins]
+
+    def stream(name: str, bins: Bins, shift_starts: int | None) -> ServedStream:
+        rows = rows_for(bins)
+        labels = [data.reference.labels[data.test_bins[r]] for r in rows]
+        return ServedStream(name, [texts[r] for r in rows], labels, shift_starts)
+
+    unshifted = sample_stream(data, p, (1 + windows) * window, rng)
+    before = sample_stream(data, p, window, rng)
+    after = sample_stream(data, shifted(p, SERVED_SHIFT, rng), MAX_DELAY_WINDOWS * window, rng)
+    return (
+        stream("drift-noshift", unshifted, None),
+        stream("drift-shift50", np.concatenate([before, after]), window),
+    )
+
+
+async def feed(http: Any, stream: ServedStream, label_field: str) -> ServedResult:
+    """Send the stream's texts in batches; read the adapter's drift status after each batch.
+    A shifted stream stops at the first alarm after the shift started."""
+    polls: list[tuple[int, bool, float, int]] = []
+    predicted: list[str] = []
+
+    async def ask(text: str) -> str:
+        # no max_tokens: the server sizes it to the schema's longest answer
+        body = {"adapter": stream.name, "input": text}
+        for _ in range(SERVED_RETRIES):
+            response = await http.post("/v1/generate", json=body)
+            if response.status_code != 503:
+                break
+            # 503 + Retry-After: e.g. the schema's compile check timed out on a loaded machine.
+            await asyncio.sleep(float(response.headers.get("retry-after", 5)))
+        response.raise_for_status()
+        output = response.json().get("output")
+        return str(output.get(label_field)) if isinstance(output, dict) else "<invalid>"
+
+    for start in range(0, len(stream.texts), SERVED_CONCURRENCY):
+        batch = stream.texts[start : start + SERVED_CONCURRENCY]
+        predicted += await asyncio.gather(*(ask(text) for text in batch))
+        stats = (await http.get(f"/v1/adapters/{stream.name}/stats")).json()["drift"]
+        polls.append(
+            (len(predicted), stats["drifted"], stats["chi2_pvalue"], stats["window_count"])
+        )
+        if (
+            stream.shift_starts is not None
+            and len(predicted) > stream.shift_starts
+            and polls[-1][1]
+        ):
+            break
+    metrics = (await http.get("/metrics")).text
+    lines = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("hotswap_drift_") and f'adapter="{stream.name}"' in line
+    ]
+    return ServedResult(stream, polls, predicted, lines)
+
+
+def run_served(archive: Path, data_dir: Path, windows: int, seed: int) -> None:
+    """Push `archive` twice (one name per stream) to a fresh `hotswap serve`, stream both
+    scenarios at once, and print false alarms (a) and requests until detection (b)."""
+    import tempfile
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    from adapters.archive import ArchiveLimits, extract_archive
+    from adapters.manifest import MANIFEST_FILE, AdapterManifest
+    from server.base_model import prepare_default_base_model
+    from server.settings import Settings
+    from tests.support import server as server_support
+
+    started = time.perf_counter()
+    data = load_banking77(data_dir)
+    with (data_dir / "test.csv").open(newline="") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        (tmp / "unpacked").mkdir()
+        folder = extract_archive(archive, tmp / "unpacked", ArchiveLimits())
+        manifest = AdapterManifest.model_validate_json((folder / MANIFEST_FILE).read_text())
+        if manifest.task is None or manifest.task.reference_distribution is None:
+            sys.exit(f"{archive}: the manifest carries no reference label distribution")
+        label_field = manifest.task.label_field
+        if label_field is None:
+            sys.exit(f"{archive}: the manifest names no label field")
+        reference = ReferenceDistribution(manifest.task.reference_distribution)
+        settings = Settings()
+        window = settings.drift_window_size
+        streams = served_streams(data, texts, reference, windows, window, seed)
+        (tmp / "home").mkdir()
+        # An engine takes 30 s to start on an idle machine and over 10 min on a loaded one.
+        server_support.READY_TIMEOUT_S = SERVED_READY_TIMEOUT_S
+        server = server_support.start_server(
+            tmp / "server.log",
+            home=tmp / "home",
+            base_model=prepare_default_base_model(settings.home),
+            args=[],
+        )
+        try:
+            with httpx.Client(base_url=server.url, timeout=600) as admin:
+                for stream in streams:
+                    with archive.open("rb") as fh:
+                        pushed = admin.post(
+                            "/v1/adapters",
+                            files={"file": (archive.name, fh)},
+                            data={"name": stream.name},
+                        )
+                    pushed.raise_for_status()
+                    version = int(pushed.json()["version"])
+                    admin.post(
+                        f"/v1/adapters/{stream.name}/promote", json={"version": version}
+                    ).raise_for_status()
+            ready = time.perf_counter()
+
+            async def both() -> list[ServedResult]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=600) as http:
+                    return list(
+                        await asyncio.gather(*(feed(http, s, label_field) for s in streams))
+                    )
+
+            results = asyncio.run(both())
+            streamed = time.perf_counter() - ready
+        except Exception:
+            print(f"server log (tail):\n{server.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            server.stop()
+    print(format_served(results, window, archive))
+    total = sum(len(r.predicted) for r in results)
+    print(
+        f"\n{total} requests in {streamed:.0f} s ({total / streamed:.1f} req/s); "
+        f"N = {window}, status read every {SERVED_CONCURRENCY} requests; seed {seed}; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
+
+
+def format_served(results: list[ServedResult], window: int, archive: Path) -> str:
+    """Markdown lines: accuracy on the stream, alarms under (a), delay under (b), gauges."""
+    lines = [f"adapter archive: {archive}", ""]
+    for result in results:
+        stream = result.stream
+        n = len(result.predicted)
+        correct = sum(p == t for p, t in zip(result.predicted, stream.true_labels, strict=False))
+        lines.append(f"## {stream.name}: {n} requests, accuracy on them {correct / n:.1%}")
+        full = [poll for poll in result.polls if poll[3] >= window]
+        if stream.shift_starts is None:
+            alarms = sum(poll[1] for poll in full)
+            first = next((poll[0] for poll in full if poll[1]), None)
+            lines.append(
+                f"(a) no shift: alarm in {alarms} of {len(full)} status reads with a full "
+                f"window (first at request {first})"
+            )
+        else:
+            before = [poll for poll in full if poll[0] <= stream.shift_starts]
+            after = [poll for poll in result.polls if poll[0] > stream.shift_starts]
+            detected = next((poll[0] for poll in after if poll[1]), None)
+            delay = "missed" if detected is None else str(detected - stream.shift_starts)
+            lines.append(
+                f"(b) {SERVED_SHIFT:.0%} shift: alarms before the shift {sum(p[1] for p in before)}"
+                f" of {len(before)} reads; requests until detection {delay}"
+            )
+        predicted = Counter(result.predicted)
+        lines.append(f"most predicted: {predicted.most_common(5)}")
+        lines += [
+            "gauges at the end (/metrics):",
+            *(f"    {line}" for line in result.metrics_lines),
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long", action="store_true", help="more seeds and other window sizes")
     parser.add_argument("--data", type=Path, default=DATA_DIR, help="BANKING77 folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--served", type=Path, metavar="ARCHIVE", help="end-to-end run with this adapter archive"
+    )
+    parser.add_argument(
+        "--served-windows",
+        type=int,
+        default=3,
+        help="--served: windows of unshifted requests after the first (false-alarm stream)",
+    )
     args = parser.parse_args()
+    if args.served:
+        run_served(args.served, args.data, args.served_windows, args.seed)
+        return
     started = time.perf_counter()
     data = load_banking77(args.data)
     p = data.reference.probabilities
