@@ -12,11 +12,13 @@ reference), and a LoRA engine (`max_loras=8`) with `HOTSWAP_FAST_CPU_LORA=0` (vL
 and with `=1` (hotswap's, "on"). Adapters are random PEFT LoRAs on the real base model, written
 once under `~/.cache/hotswap/bench-lora-cpu/`.
 
-Two figures per workload: generated tokens over wall time from the first request to the last
-token (prefill included), and generated tokens per CPU second of the engine's processes over the
-same window, which holds steadier when other work shares the cores. A workload still running
-after `--max-seconds` is cut there and marked "cut" (vLLM's own ops with all-linear adapters are
-that slow). `--profile` runs the engines in-process under torch.profiler and prints, per
+Per workload: generated tokens over wall time from the first request to the last token
+(prefill included), against the engine without LoRA and, for an adapter workload, against the
+mean of the base runs just before and after it on the same engine (every adapter workload runs
+between two base runs: other work on a shared machine drifts over minutes, much less between
+neighbouring runs). Tokens per CPU second of the engine's processes are in `--json`. A workload
+still running after `--max-seconds` is cut there and marked "cut" (vLLM's own ops with adapters
+are that slow). `--profile` runs the engines in-process under torch.profiler and prints, per
 workload, the operators that cost the most.
 """
 
@@ -37,6 +39,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 ADAPTER_KINDS = {"all16": (16, ALL_LINEAR), "qv8": (8, ("q_proj", "v_proj"))}
 NUM_ADAPTERS = 8
 MAX_LORAS = 8
+MAX_BATCHED_TOKENS = 512  # prefill in chunks: a step of vLLM's own ops stays short enough to cut
 RESULT_PREFIX = "BENCH-RESULT "
 
 
@@ -75,10 +78,13 @@ LORA_WORKLOADS = (
     Workload("1 LoRA r16 all", "all16", 1),
     Workload("8 LoRAs r16 all", "all16", NUM_ADAPTERS),
 )
+# On a LoRA engine every adapter workload runs between two base runs, and is compared with their
+# mean: other work on the machine drifts over minutes, much less between neighbouring runs.
+INTERLEAVED = (BASE, *[w for lora in LORA_WORKLOADS for w in (lora, BASE)])
 ENGINES: tuple[tuple[Engine, tuple[Workload, ...]], ...] = (
     (Engine("no LoRA", enable_lora=False, fast=False), (BASE,)),
-    (Engine("off", enable_lora=True, fast=False), (BASE, *LORA_WORKLOADS)),
-    (Engine("on", enable_lora=True, fast=True), (BASE, *LORA_WORKLOADS)),
+    (Engine("off", enable_lora=True, fast=False), INTERLEAVED),
+    (Engine("on", enable_lora=True, fast=True), INTERLEAVED),
 )
 
 
@@ -168,6 +174,7 @@ def run_engine(
         dtype="bfloat16",
         max_model_len=1024,
         max_num_seqs=max(size.requests, 8),
+        max_num_batched_tokens=MAX_BATCHED_TOKENS,
         seed=0,
         **lora_kwargs,
     )
@@ -250,11 +257,18 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def run_in_subprocess(
-    engine: Engine, workloads: tuple[Workload, ...], size: Size, base_model: Path, profile: bool
+    engine: Engine,
+    workloads: tuple[Workload, ...],
+    size: Size,
+    base_model: Path,
+    profile: bool,
+    omp_bind: str | None = None,
 ) -> list[dict[str, object]]:
     env = dict(os.environ)
     env["HOTSWAP_FAST_CPU_LORA"] = "1" if engine.fast else "0"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    if omp_bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind
     if profile:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process, profiled
     command = [
@@ -298,6 +312,12 @@ def main() -> None:
     parser.add_argument("--only", action="append", default=[], help="workload labels to run")
     parser.add_argument("--engines", default="no LoRA,off,on", help="comma-separated labels")
     parser.add_argument("--profile", action="store_true", help="profile every workload")
+    parser.add_argument(
+        "--omp-bind",
+        default=None,
+        help="VLLM_CPU_OMP_THREADS_BIND for the engines, e.g. 0 for one thread on core 0 "
+        "(steadier on a shared machine); default: vLLM's (all cores)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--workloads", help=argparse.SUPPRESS)
@@ -320,15 +340,23 @@ def main() -> None:
     wanted = set(args.engines.split(","))
     print(
         f"{size.requests} requests x {size.max_tokens} new tokens, greedy, ignore_eos; bf16; "
-        f"max_loras={MAX_LORAS}; workloads cut after {size.max_seconds:.0f} s",
+        f"max_loras={MAX_LORAS}; max_num_batched_tokens={MAX_BATCHED_TOKENS}; "
+        f"workloads cut after {size.max_seconds:.0f} s; OMP threads bound to "
+        f"{args.omp_bind or 'all cores (vLLM default)'}",
         flush=True,
     )
     results: list[dict[str, object]] = []
     for engine, workloads in ENGINES:
         chosen = tuple(w for w in workloads if not args.only or w.label in args.only)
+        while len(chosen) > 1 and chosen[-1] == chosen[-2] == BASE:  # no base run twice in a row
+            chosen = chosen[:-1]
+        chosen = tuple(
+            w for i, w in enumerate(chosen) if i == 0 or w != BASE or chosen[i - 1] != BASE
+        )
         if engine.label not in wanted or not chosen:
             continue
-        for result in run_in_subprocess(engine, chosen, size, base_model, args.profile):
+        runs = run_in_subprocess(engine, chosen, size, base_model, args.profile, args.omp_bind)
+        for result in runs:
             print(f"  {result}", flush=True)
             results.append(result)
     print_table(results)
@@ -336,22 +364,30 @@ def main() -> None:
         args.json.write_text(json.dumps({"size": asdict(size), "results": results}, indent=2))
 
 
+def _is_base(result: dict[str, object]) -> bool:
+    return str(result["name"]).startswith("base")
+
+
 def print_table(results: list[dict[str, object]]) -> None:
-    base = next((r for r in results if r["name"] == "base, engine without LoRA"), None)
-    print("\n| workload / LoRA ops | tokens/s | × base | tokens per CPU s | × base |")
-    print("|---|---:|---:|---:|---:|")
-    for r in results:
-        cells = [str(r["name"])]
-        for key in ("tokens_per_s", "tokens_per_cpu_s"):
-            value = r[key]
-            reference = base[key] if base else None
-            cut = " (cut)" if r["cut"] else ""
-            cells.append(f"{value}{cut}")
-            if isinstance(value, float) and isinstance(reference, float) and reference:
-                cells.append(f"{value / reference:.2f}")
-            else:
-                cells.append("-")
-        print("| " + " | ".join(cells) + " |")
+    """One row per run: tokens/s, against the engine without LoRA, and for an adapter workload
+    against the mean of the base runs on either side of it on the same engine (the steadier
+    comparison on a shared machine)."""
+    no_lora = next((r for r in results if r["name"] == "base, engine without LoRA"), None)
+    print("\n| workload / LoRA ops | tokens/s | × base (no-LoRA engine) | × base (same engine) |")
+    print("|---|---:|---:|---:|")
+    for i, r in enumerate(results):
+        tps = float(r["tokens_per_s"])  # type: ignore[arg-type]
+        vs_no_lora = "-"
+        if no_lora is not None:
+            vs_no_lora = f"{tps / float(no_lora['tokens_per_s']):.2f}"  # type: ignore[arg-type]
+        vs_engine = "-"
+        if not _is_base(r):
+            around = [results[j] for j in (i - 1, i + 1) if 0 <= j < len(results)]
+            bases = [float(n["tokens_per_s"]) for n in around if _is_base(n)]  # type: ignore[arg-type]
+            if bases:
+                vs_engine = f"{tps / (sum(bases) / len(bases)):.2f}"
+        cut = " (cut)" if r["cut"] else ""
+        print(f"| {r['name']} | {tps:.1f}{cut} | {vs_no_lora} | {vs_engine} |")
 
 
 if __name__ == "__main__":

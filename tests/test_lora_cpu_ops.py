@@ -447,6 +447,41 @@ def test_zero_slots_are_skipped_and_exact() -> None:
     assert torch.equal(y, y0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", ["decode_mixed", "prefill_mixed", "empty_segments"])
+def test_add_lora_linear_slots_with_zero_slices(
+    name: str, layout: ops.Layout, dtype: torch.dtype
+) -> None:
+    """Merged qkv where the adapters target different slices, as a q,v adapter next to an
+    all-linear one: slot 0 has q and v only, slot 1 nothing, slot 2 k only, slot 3 all. The
+    result must match the reference; slot 1's rows, slot 0's k columns and base rows stay
+    exactly as they were."""
+    rows = BATCHES[name]
+    fast, reference = _wrappers(rows, layout)
+    g = torch.Generator().manual_seed(16)
+    outs = MERGED["qkv"]
+    lora_a, lora_b = _stacks(g, dtype, HIDDEN, outs)
+    for slot, kept in ((0, (0, 2)), (1, ()), (2, (1,))):
+        for k in range(len(outs)):
+            if k not in kept:
+                lora_a[k][slot].zero_()
+                lora_b[k][slot].zero_()
+    x = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)
+    y0 = torch.randn(len(rows), sum(outs), generator=g).to(dtype)
+
+    actual = y0.clone()
+    fast.add_lora_linear(actual, x, lora_a, lora_b, 0.5, outs)
+    expected = y0.clone()
+    reference.add_lora_linear(expected, x, _zero_slotted(lora_a), _zero_slotted(lora_b), 0.5, outs)
+    _close(actual, expected)
+    untouched = torch.tensor([s in (-1, 1) for s in rows])
+    assert torch.equal(actual[untouched], y0[untouched])
+    k_cols = slice(outs[0], outs[0] + outs[1])
+    slot0 = torch.tensor(rows) == 0
+    assert torch.equal(actual[slot0, k_cols], y0[slot0, k_cols])
+
+
 # --- the plugin ------------------------------------------------------------------------------
 
 

@@ -21,15 +21,20 @@ The products run in float32 on a float32 copy of the stacks kept by a `WeightCac
 to the layout the products read (the A of merged layers side by side, so q, k and v share one
 product). On CPU a bfloat16 product of these small shapes costs several times a float32 one
 (oneDNN sets up each call), and the copy is refreshed only when vLLM writes a slot, which it
-detects from the stacks' version counters.
+detects from the stacks' version counters. The cache also records which slots hold all-zero
+weights (an adapter not targeting a layer): products that only such slots would use are skipped.
+Temporaries live in reusable `Scratch` buffers, and what a layer needs per step (its weights,
+which of its slices the batch's adapters use) is looked up once and remembered, so that the
+Python around each product stays a small part of its cost.
 
 All functions update `y` in place, like the operations they replace.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,7 +44,10 @@ NO_LORA = -1
 """The slot index of rows served by the base model alone."""
 
 COMPUTE_DTYPE = torch.float32
-"""The dtype the products run in (their inputs are converted, the result added to `y`)."""
+"""The dtype the products run in (their inputs are converted, the result added to `y`).
+bfloat16 products measured no faster in the engine (their fixed cost offsets the halved weight
+traffic) and round more."""
+
 
 # The padded layout is used while its padding (rows computed for nothing) stays within
 # `PAD_FACTOR * rows + PAD_ROWS_PER_SEGMENT * segments`: a padding row costs arithmetic only, a
@@ -79,26 +87,14 @@ class SegmentPlan:
     """`(num_rows,)`: position in plan order of each batch row's result (0 for base rows)."""
     lora_row_mask: torch.Tensor | None
     """`(num_rows, 1)` float32, 1 on adapter rows and 0 on base rows; None without base rows."""
-
-    @property
-    def num_lora_rows(self) -> int:
-        """How many rows use an adapter."""
-        return int(self.rows.shape[0])
-
-    @property
-    def empty(self) -> bool:
-        """True when every row is served by the base model alone."""
-        return not self.slots
-
-    @property
-    def padded(self) -> bool:
-        """True when the batched (padded) layout is used."""
-        return self.padded_rows is not None
-
-    @property
-    def sliced(self) -> bool:
-        """True when the adapter rows are one contiguous range, already in plan order."""
-        return self.row_range is not None and (self.padded_rows is None or self.slot_span == 1)
+    num_lora_rows: int
+    """How many rows use an adapter."""
+    empty: bool
+    """True when every row is served by the base model alone."""
+    padded: bool
+    """True when the batched (padded) layout is used."""
+    sliced: bool
+    """True when the adapter rows are one contiguous range, already in plan order."""
 
 
 def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan:
@@ -125,6 +121,10 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
             padded_rows=None,
             gather_index=torch.zeros(num_rows, dtype=torch.long),
             lora_row_mask=None,
+            num_lora_rows=0,
+            empty=True,
+            padded=False,
+            sliced=False,
         )
     lora_slots = indices[lora_rows]
     order = torch.argsort(lora_slots, stable=True)
@@ -182,6 +182,10 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
         padded_rows=padded_rows,
         gather_index=gather_index,
         lora_row_mask=lora_row_mask,
+        num_lora_rows=num_lora_rows,
+        empty=False,
+        padded=use_padded,
+        sliced=row_range is not None and (not use_padded or slot_span == 1),
     )
 
 
@@ -197,17 +201,22 @@ def _as_3d(stacked: torch.Tensor) -> torch.Tensor:
     return stacked
 
 
-def _version(tensor: torch.Tensor) -> int | None:
-    """The tensor's in-place version counter; None where torch keeps none (inference tensors)."""
+def _versions(stacks: tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
+    """The stacks' in-place version counters; None where torch keeps none (inference tensors)."""
     try:
-        return int(tensor._version)
+        return tuple([s._version for s in stacks])
     except RuntimeError:
         return None
 
 
+def _nonzero_slots(stack: torch.Tensor) -> tuple[bool, ...]:
+    s3 = _as_3d(stack)
+    return tuple(bool(f) for f in s3.reshape(s3.shape[0], -1).ne(0).any(dim=1))
+
+
 @dataclass(eq=False)
 class CachedWeights:
-    """Float32 weights of all slots in product layout, and which slots hold nonzero weights.
+    """The weights of all slots in product layout, and which slots hold nonzero weights.
 
     `nonzero[part][slot]` is False when that slot's weights of that part (slice) are all zero:
     vLLM gives every supported layer LoRA stacks, and an adapter that does not target a layer
@@ -224,18 +233,47 @@ class CachedWeights:
 
 
 @dataclass(eq=False)
+class _Slice:
+    """One slice of a linear layer's LoRA as the products use it."""
+
+    t_col: int  # its columns in the shrink result
+    rank: int
+    y_col: int  # its columns in the layer output
+    size: int
+    expand: CachedWeights
+
+
+@dataclass(eq=False)
+class LinearWeights:
+    """A linear layer's LoRA in product layout: the A of its slices side by side, each B."""
+
+    shrink: CachedWeights
+    slices: tuple[_Slice, ...]
+    _plan: SegmentPlan | None = None
+    _active: tuple[_Slice, ...] = ()
+
+    def active(self, plan: SegmentPlan) -> tuple[_Slice, ...]:
+        """The slices that some adapter of the step has nonzero weights for (memoised per step)."""
+        if plan is not self._plan:
+            self._active = tuple(
+                s
+                for k, s in enumerate(self.slices)
+                if self.shrink.any_nonzero(k, plan.slots) and s.expand.any_nonzero(0, plan.slots)
+            )
+            self._plan = plan
+        return self._active
+
+
+@dataclass(eq=False)
 class _Entry:
     refs: tuple[weakref.ref[torch.Tensor], ...]
     versions: tuple[int, ...]
-    cached: CachedWeights
-
-
-Builder = Callable[[tuple[torch.Tensor, ...], torch.Tensor | None], torch.Tensor]
+    value: LinearWeights
 
 
 @dataclass(eq=False)
 class WeightCache:
-    """Float32 copies of slot-stacked LoRA weights, transposed for the products, kept current.
+    """Copies of slot-stacked LoRA weights in the dtype and layout of the products, kept current.
 
     An entry is rebuilt whenever one of its source stacks was written in place since (vLLM
     loads an adapter into a slot with `copy_`, which bumps the stack's version counter) and
@@ -248,64 +286,108 @@ class WeightCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def shrink_weights(self, lora_a_stacked: Sequence[torch.Tensor]) -> CachedWeights:
-        """`(slots, in, sum of ranks)`: the A of every slice, transposed, side by side."""
-        return self._get(("a", *map(id, lora_a_stacked)), tuple(lora_a_stacked), _build_shrink)
-
-    def expand_weights(self, lora_b_stacked: torch.Tensor, size: int) -> CachedWeights:
-        """`(slots, rank, size)`: B transposed, its first `size` outputs."""
-
-        def build(stacks: tuple[torch.Tensor, ...], out: torch.Tensor | None) -> torch.Tensor:
-            return _build_expand(stacks[0], size, out)
-
-        return self._get(("b", id(lora_b_stacked), size), (lora_b_stacked,), build)
-
-    def _get(
-        self, key: tuple[object, ...], stacks: tuple[torch.Tensor, ...], build: Builder
-    ) -> CachedWeights:
-        versions = tuple(_version(s) for s in stacks)
-        if any(v is None for v in versions):
-            weights = build(stacks, None)
-            slots = weights.shape[0]
-            return CachedWeights(weights, tuple((True,) * slots for _ in stacks))
+    def linear(
+        self,
+        lora_a_stacked: Sequence[torch.Tensor],
+        lora_b_stacked: Sequence[torch.Tensor],
+        output_slices: Sequence[int],
+        dtype: torch.dtype,
+        offset_start: int = 0,
+    ) -> LinearWeights:
+        """The weights of a (possibly merged) linear layer's LoRA."""
+        stacks = (*lora_a_stacked, *lora_b_stacked)
+        key = ("linear", dtype, offset_start, tuple(output_slices), *map(id, stacks))
         entry = self._entries.get(key)
-        if entry is not None and all(r() is s for r, s in zip(entry.refs, stacks, strict=True)):
-            if entry.versions != versions:
-                weights = build(stacks, entry.cached.weights)  # refreshed in place when it fits
-                entry.cached = CachedWeights(weights, _nonzero_slots(stacks))
-                entry.versions = versions  # type: ignore[assignment]
-            return entry.cached
+        if entry is not None:
+            versions = _versions(stacks)
+            if versions == entry.versions and all(
+                r() is s for r, s in zip(entry.refs, stacks, strict=True)
+            ):
+                return entry.value
+        n = len(output_slices)
+        value = _build_linear(stacks[:n], stacks[n:], output_slices, dtype, offset_start, entry)
+        versions = _versions(stacks)
+        if versions is None:
+            return value  # no version counters: nothing to keep current, build every call
         entries = self._entries
 
         def forget(_: object, key: tuple[object, ...] = key) -> None:
             entries.pop(key, None)
 
-        entry = _Entry(
-            refs=tuple(weakref.ref(s, forget) for s in stacks),
-            versions=versions,  # type: ignore[arg-type]
-            cached=CachedWeights(build(stacks, None), _nonzero_slots(stacks)),
-        )
-        self._entries[key] = entry
-        return entry.cached
+        refs = tuple(weakref.ref(s, forget) for s in stacks)
+        self._entries[key] = _Entry(refs, versions, value)
+        return value
+
+    def shrink_weights(
+        self, lora_a_stacked: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32
+    ) -> CachedWeights:
+        """`(slots, in, sum of ranks)`: the A of every slice, transposed, side by side."""
+        stacks = tuple(lora_a_stacked)
+        return self._single(("shrink", dtype, *map(id, stacks)), stacks, dtype, None)
+
+    def expand_weights(
+        self, lora_b_stacked: torch.Tensor, size: int, dtype: torch.dtype = torch.float32
+    ) -> CachedWeights:
+        """`(slots, rank, size)`: B transposed, its first `size` outputs."""
+        key = ("expand", dtype, size, id(lora_b_stacked))
+        return self._single(key, (lora_b_stacked,), dtype, size)
+
+    def _single(
+        self,
+        key: tuple[object, ...],
+        stacks: tuple[torch.Tensor, ...],
+        dtype: torch.dtype,
+        size: int | None,
+    ) -> CachedWeights:
+        """Shrink weights (`size` None) or expand weights, cached like `linear`."""
+        entry = self._entries.get(key)
+        versions = _versions(stacks)
+        if (
+            entry is not None
+            and versions == entry.versions
+            and all(r() is s for r, s in zip(entry.refs, stacks, strict=True))
+        ):
+            return entry.value.shrink
+        old = entry.value.shrink.weights if entry is not None else None
+        if size is None:
+            weights = _shrink_layout(stacks, dtype, old)
+            nonzero = tuple(_nonzero_slots(s) for s in stacks)
+        else:
+            b3 = _as_3d(stacks[0])
+            weights = _expand_layout(b3, size, dtype, old)
+            nonzero = (_nonzero_slots(b3[:, :size]),)
+        cached = CachedWeights(weights, nonzero)
+        if versions is not None:
+            entries = self._entries
+
+            def forget(_: object, key: tuple[object, ...] = key) -> None:
+                entries.pop(key, None)
+
+            refs = tuple(weakref.ref(s, forget) for s in stacks)
+            self._entries[key] = _Entry(refs, versions, LinearWeights(cached, ()))
+        return cached
 
 
-def _nonzero_slots(stacks: tuple[torch.Tensor, ...]) -> tuple[tuple[bool, ...], ...]:
-    flags = []
-    for stack in stacks:
-        s3 = _as_3d(stack)
-        flags.append(tuple(bool(f) for f in s3.reshape(s3.shape[0], -1).ne(0).any(dim=1)))
-    return tuple(flags)
+def _fits(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+    return out is not None and tuple(out.shape) == shape and out.dtype == dtype
 
 
-def _fits(out: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
-    return out is not None and tuple(out.shape) == shape
+def _expand_layout(
+    b3: torch.Tensor, size: int, dtype: torch.dtype, out: torch.Tensor | None
+) -> torch.Tensor:
+    part = b3[:, :size].transpose(1, 2)  # (slots, rank, size)
+    if out is None or not _fits(out, tuple(part.shape), dtype):
+        out = torch.empty(tuple(part.shape), dtype=dtype)
+    return out.copy_(part)
 
 
-def _build_shrink(stacks: tuple[torch.Tensor, ...], out: torch.Tensor | None) -> torch.Tensor:
-    parts = [_as_3d(s).transpose(1, 2) for s in stacks]  # (slots, in, rank) each
+def _shrink_layout(
+    stacks: Sequence[torch.Tensor], dtype: torch.dtype, out: torch.Tensor | None
+) -> torch.Tensor:
+    parts = [_as_3d(a).transpose(1, 2) for a in stacks]  # (slots, in, rank) each
     shape = (parts[0].shape[0], parts[0].shape[1], sum(p.shape[2] for p in parts))
-    if out is None or not _fits(out, shape):
-        out = torch.empty(shape, dtype=COMPUTE_DTYPE)
+    if out is None or not _fits(out, shape, dtype):
+        out = torch.empty(shape, dtype=dtype)
     col = 0
     for part in parts:
         out[:, :, col : col + part.shape[2]].copy_(part)
@@ -313,12 +395,32 @@ def _build_shrink(stacks: tuple[torch.Tensor, ...], out: torch.Tensor | None) ->
     return out
 
 
-def _build_expand(stack: torch.Tensor, size: int, out: torch.Tensor | None) -> torch.Tensor:
-    part = _as_3d(stack)[:, :size].transpose(1, 2)  # (slots, rank, size)
-    if out is None or not _fits(out, tuple(part.shape)):
-        out = torch.empty(tuple(part.shape), dtype=COMPUTE_DTYPE)
-    out.copy_(part)
-    return out
+def _build_linear(
+    lora_a_stacked: Sequence[torch.Tensor],
+    lora_b_stacked: Sequence[torch.Tensor],
+    output_slices: Sequence[int],
+    dtype: torch.dtype,
+    offset_start: int,
+    previous: _Entry | None,
+) -> LinearWeights:
+    """Lay the stacks out for the products (into the previous buffers when they fit)."""
+    old = previous.value if previous is not None else None
+    a_out = _shrink_layout(lora_a_stacked, dtype, old.shrink.weights if old is not None else None)
+    slices = []
+    t_col, y_col = 0, offset_start
+    for k, (lora_a, lora_b, size) in enumerate(
+        zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True)
+    ):
+        rank = _as_3d(lora_a).shape[1]
+        b3 = _as_3d(lora_b)
+        b_out = old.slices[k].expand.weights if old is not None and old.slices else None
+        b_weights = _expand_layout(b3, size, dtype, b_out)
+        expand = CachedWeights(b_weights, (_nonzero_slots(b3[:, :size]),))
+        slices.append(_Slice(t_col, rank, y_col, size, expand))
+        t_col += rank
+        y_col += size
+    nonzero = tuple(_nonzero_slots(a) for a in lora_a_stacked)
+    return LinearWeights(CachedWeights(a_out, nonzero), tuple(slices))
 
 
 # --- scratch space -------------------------------------------------------------------------
@@ -335,21 +437,32 @@ class Scratch:
     """
 
     _buffers: dict[tuple[str, torch.dtype], torch.Tensor] = field(default_factory=dict)
+    _views: dict[tuple[str, torch.dtype, tuple[int, ...]], torch.Tensor] = field(
+        default_factory=dict
+    )
 
-    def get(self, name: str, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        numel = 1
-        for dim in shape:
-            numel *= int(dim)
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (name, dtype, shape)
+        view = self._views.get(key)
+        if view is not None:
+            return view
+        numel = math.prod(shape)
         buffer = self._buffers.get((name, dtype))
         if buffer is None or buffer.numel() < numel:
             buffer = torch.empty(max(numel, 1), dtype=dtype)
             self._buffers[(name, dtype)] = buffer
-        return buffer[:numel].view(*shape)
+            for stale in [k for k in self._views if k[0] == name and k[1] == dtype]:
+                del self._views[stale]
+        view = buffer[:numel].view(shape)
+        if len(self._views) > 4096:  # prefill shapes vary from step to step
+            self._views.clear()
+        self._views[key] = view
+        return view
 
 
 @dataclass(eq=False)
 class LoraState:
-    """What the operations keep between calls: the float32 weights and the scratch buffers."""
+    """What the operations keep between calls: the weights in product layout, the scratch."""
 
     weights: WeightCache = field(default_factory=WeightCache)
     scratch: Scratch = field(default_factory=Scratch)
@@ -358,8 +471,10 @@ class LoraState:
 # --- the products --------------------------------------------------------------------------
 
 
-def _gather(x: torch.Tensor, plan: SegmentPlan, scratch: Scratch, name: str) -> torch.Tensor:
-    """The plan's rows of `x` in plan order, float32: `(slot_span, width, n)` when padded,
+def _gather(
+    x: torch.Tensor, plan: SegmentPlan, scratch: Scratch, name: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """The plan's rows of `x` in plan order, in `dtype`: `(slot_span, width, n)` when padded,
     `(num_lora_rows, n)` otherwise."""
     n = x.shape[-1]
     if plan.sliced:
@@ -367,12 +482,10 @@ def _gather(x: torch.Tensor, plan: SegmentPlan, scratch: Scratch, name: str) -> 
         picked = x[plan.row_range[0] : plan.row_range[1]]
     else:
         index = plan.padded_rows if plan.padded_rows is not None else plan.rows
-        picked = torch.index_select(
-            x, 0, index, out=scratch.get(f"{name}.rows", (index.shape[0], n), x.dtype)
-        )
-    if picked.dtype != COMPUTE_DTYPE:
-        converted = scratch.get(f"{name}.f32", tuple(picked.shape), COMPUTE_DTYPE)
-        picked = converted.copy_(picked)
+        out = scratch.get(name, (index.shape[0], n), x.dtype)
+        picked = torch.index_select(x, 0, index, out=out)
+    if picked.dtype != dtype:
+        picked = scratch.get(name + ".cast", tuple(picked.shape), dtype).copy_(picked)
     if plan.padded:
         return picked.view(plan.slot_span, plan.width, n)
     return picked
@@ -383,14 +496,16 @@ def _product(
 ) -> torch.Tensor:
     """`rows @ weights[slot]` per segment; `rows` and the result in plan order.
 
-    `weights` is `(slots, k, n)` float32 for all slots; `rows` is `(slot_span, width, k)` when
-    padded (one batched product), `(num_lora_rows, k)` otherwise (one product per segment).
+    `weights` is `(slots, k, n)` for all slots; `rows` is `(slot_span, width, k)` when padded
+    (one batched product), `(num_lora_rows, k)` otherwise (one product per segment).
     """
     n = weights.shape[2]
     if plan.padded:
-        out = scratch.get(name, (plan.slot_span, plan.width, n), COMPUTE_DTYPE)
-        return torch.bmm(rows, weights[plan.first_slot : plan.first_slot + plan.slot_span], out=out)
-    out = scratch.get(name, (rows.shape[0], n), COMPUTE_DTYPE)
+        out = scratch.get(name, (plan.slot_span, plan.width, n), rows.dtype)
+        if plan.slot_span != weights.shape[0]:
+            weights = weights[plan.first_slot : plan.first_slot + plan.slot_span]
+        return torch.bmm(rows, weights, out=out)
+    out = scratch.get(name, (rows.shape[0], n), rows.dtype)
     for slot, start, count in zip(plan.slots, plan.starts, plan.counts, strict=True):
         torch.mm(rows[start : start + count], weights[slot], out=out[start : start + count])
     return out
@@ -400,21 +515,20 @@ def _add_to_rows(
     y: torch.Tensor, result: torch.Tensor, plan: SegmentPlan, scratch: Scratch
 ) -> None:
     """`y[row] += result[plan position of row]` for the adapter rows; base rows unchanged."""
-    flat = result.reshape(-1, result.shape[-1])
-    n = flat.shape[1]
+    n = result.shape[-1]
+    flat = result.view(-1, n)
     if plan.sliced:
         assert plan.row_range is not None
         picked = flat
         target = y[plan.row_range[0] : plan.row_range[1]]
     else:
-        picked = torch.index_select(
-            flat, 0, plan.gather_index, out=scratch.get("add.rows", (plan.num_rows, n), flat.dtype)
-        )
+        out = scratch.get("add", (plan.num_rows, n), flat.dtype)
+        picked = torch.index_select(flat, 0, plan.gather_index, out=out)
         if plan.lora_row_mask is not None:
             picked.mul_(plan.lora_row_mask)
         target = y
     if picked.dtype != y.dtype:
-        picked = scratch.get("add.cast", tuple(picked.shape), y.dtype).copy_(picked)
+        picked = scratch.get("add.cast", (picked.shape[0], n), y.dtype).copy_(picked)
     target.add_(picked)
 
 
@@ -441,11 +555,12 @@ def lora_shrink(
     if plan.empty:
         return
     state = state if state is not None else LoraState()
-    a = state.weights.shrink_weights((lora_a_stacked,))
+    dtype = COMPUTE_DTYPE
+    a = state.weights.shrink_weights((lora_a_stacked,), dtype)
     if not a.any_nonzero(0, plan.slots):
         return
     scratch = state.scratch
-    t = _product(_gather(x, plan, scratch, "x"), a.weights, plan, scratch, "t")
+    t = _product(_gather(x, plan, scratch, "x", dtype), a.weights, plan, scratch, "t")
     if scale != 1.0:
         t.mul_(scale)
     _add_to_rows(y[:, : a.weights.shape[2]], t, plan, scratch)
@@ -476,11 +591,12 @@ def lora_expand(
     if not add_inputs:
         _zero_rows(target, plan)
     state = state if state is not None else LoraState()
-    b = state.weights.expand_weights(lora_b_stacked, size)
+    dtype = COMPUTE_DTYPE
+    b = state.weights.expand_weights(lora_b_stacked, size, dtype)
     if not b.any_nonzero(0, plan.slots):
         return
     scratch = state.scratch
-    rows = _gather(x[:, : b.weights.shape[1]], plan, scratch, "t")
+    rows = _gather(x[:, : b.weights.shape[1]], plan, scratch, "t", dtype)
     _add_to_rows(target, _product(rows, b.weights, plan, scratch, "delta"), plan, scratch)
 
 
@@ -510,25 +626,17 @@ def lora_linear(
     if plan.empty:
         return
     state = state if state is not None else LoraState()
-    a = state.weights.shrink_weights(lora_a_stacked)
-    work: list[tuple[int, int, int, CachedWeights]] = []  # (t column, y column, rank, B)
-    t_col, y_col = 0, offset_start
-    for k, (lora_b, size) in enumerate(zip(lora_b_stacked, output_slices, strict=True)):
-        rank = _as_3d(lora_a_stacked[k]).shape[1]
-        if a.any_nonzero(k, plan.slots):
-            b = state.weights.expand_weights(lora_b, size)
-            if b.any_nonzero(0, plan.slots):
-                work.append((t_col, y_col, rank, b))
-        t_col += rank
-        y_col += size
-    if not work:
+    dtype = COMPUTE_DTYPE
+    layer = state.weights.linear(lora_a_stacked, lora_b_stacked, output_slices, dtype, offset_start)
+    active = layer.active(plan)
+    if not active:
         return
     scratch = state.scratch
-    t = _product(_gather(x, plan, scratch, "x"), a.weights, plan, scratch, "t")
+    t = _product(_gather(x, plan, scratch, "x", dtype), layer.shrink.weights, plan, scratch, "t")
     if scale != 1.0:
         t.mul_(scale)
-    single = len(output_slices) == 1
-    for t_col, y_col, rank, b in work:
-        t_k = t if single else t[..., t_col : t_col + rank]
-        delta = _product(t_k, b.weights, plan, scratch, "delta")
-        _add_to_rows(y[:, y_col : y_col + b.weights.shape[2]], delta, plan, scratch)
+    whole = len(layer.slices) == 1
+    for s in active:
+        t_k = t if whole else t[..., s.t_col : s.t_col + s.rank]
+        delta = _product(t_k, s.expand.weights, plan, scratch, "delta")
+        _add_to_rows(y[:, s.y_col : s.y_col + s.size], delta, plan, scratch)

@@ -1,11 +1,12 @@
 """A vLLM punica wrapper for CPU that runs the segment-grouped ops of `server.lora_cpu.ops`.
 
 vLLM asks the platform for a punica wrapper class (`Platform.get_punica_wrapper`) and routes every
-LoRA layer through it: `add_lora_linear` (qkv, gate-up and the other column layers),
-`add_shrink` + `add_expand` (row-parallel layers: o and down), `add_lora_embedding` and
-`add_lora_logits`. This class keeps vLLM's metadata handling (it subclasses `PunicaWrapperCPU`)
+LoRA layer through it: `add_lora_linear` (every linear layer: qkv, o, gate-up, down),
+`add_shrink` + `add_expand` (the fully sharded variants, `fully_sharded_loras=True`),
+`add_lora_embedding` and `add_lora_logits`. This class keeps vLLM's metadata handling (it
+subclasses `PunicaWrapperCPU`, whose `apply_lora_full_linear` and MoE entry points it inherits)
 and adds one `SegmentPlan` per step, built in `update_metadata`, which every layer of the step
-reuses.
+reuses, plus the float32 weight copies and scratch buffers the operations keep between calls.
 """
 
 from __future__ import annotations
