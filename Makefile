@@ -13,15 +13,16 @@ ENGINE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/n
 # Wheels built for another torch that break `import transformers` (see ENVIRONMENT notes).
 FOREIGN_TORCH_WHEELS := torchvision torchaudio torchcodec
 
-# Extras installed with the project: the engine, and the developer tools (the image drops them).
-EXTRAS ?= $(ENGINE),dev
+# Extras installed with the project: the engine, the developer tools (the image drops them)
+# and Ray Serve (`hotswap serve --ray`; its tests need it).
+EXTRAS ?= $(ENGINE),dev,ray
 
 STAMP := $(VENV)/.hotswap-installed-$(ENGINE)
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test lint unit format clean-venv prometheus
+.PHONY: install model serve test lint unit format clean-venv prometheus postgres loadtest
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,15 @@ prometheus:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus && \
 	  { $(SUDO) systemctl disable --now prometheus 2>/dev/null || $(SUDO) service prometheus stop 2>/dev/null || true; }; }
 
+# PostgreSQL (initdb, pg_ctl) for the registry tests on PostgreSQL (Debian's package; Debian
+# keeps the programs in /usr/lib/postgresql/<version>/bin). Its own cluster's service is
+# stopped: the tests start their own server in a temporary folder (tests/support/postgres.py).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql && \
+	  { $(SUDO) systemctl disable --now postgresql 2>/dev/null || $(SUDO) service postgresql stop 2>/dev/null || true; }; }
+
 model: install
 	$(VENV)/bin/hotswap prepare-model
 
@@ -59,11 +69,17 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint model prometheus
+test: lint model prometheus postgres
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
-unit: install prometheus
+unit: install prometheus postgres
 	$(VENV)/bin/pytest -ra -m "not engine" $(PYTEST_ARGS)
+
+# Locust, headless, against a server it starts on loopback with two adapters: closed loop then
+# open loop (Poisson arrivals), LOADTEST_SECONDS each. CSV and HTML reports in loadtests/results/.
+LOADTEST_SECONDS ?= 60
+loadtest: model
+	$(PY) loadtests/run_locust.py --seconds $(LOADTEST_SECONDS)
 
 clean-venv:
 	rm -rf $(VENV)
