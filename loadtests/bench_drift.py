@@ -427,12 +427,12 @@ def run_served(archive: Path, data_dir: Path, windows: int, seed: int) -> None:
         streams = served_streams(data, texts, reference, windows, window, seed)
         (tmp / "home").mkdir()
         # An engine takes 30 s to start on an idle machine and over 10 min on a loaded one.
-        server_support.READY_TIMEOUT_S = SERVED_READY_TIMEOUT_S
         server = server_support.start_server(
             tmp / "server.log",
             home=tmp / "home",
             base_model=prepare_default_base_model(settings.home),
             args=[],
+            ready_timeout_s=SERVED_READY_TIMEOUT_S,
         )
         try:
             with httpx.Client(base_url=server.url, timeout=600) as admin:

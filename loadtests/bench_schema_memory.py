@@ -40,7 +40,6 @@ from tests.structured.schema_strategies import (  # noqa: E402
     sample_schemas,
     schemas,
 )
-from tests.support import server as server_support  # noqa: E402
 from tests.support.server import RunningServer, start_server  # noqa: E402
 
 DEFAULT_COUNT = 500
@@ -201,13 +200,18 @@ def main() -> None:
         "--ready-timeout", type=float, default=1800.0, help="engine start-up wait, seconds"
     )
     args = parser.parse_args()
-    server_support.READY_TIMEOUT_S = args.ready_timeout  # start-up takes minutes under load
     items = schema_stream(args.count, args.seed)
     settings = Settings()
     base = prepare_default_base_model(settings.home)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        server = start_server(home / "server.log", home=home, base_model=base, args=[])
+        server = start_server(
+            home / "server.log",
+            home=home,
+            base_model=base,
+            args=[],
+            ready_timeout_s=args.ready_timeout,  # start-up takes minutes under load
+        )
         try:
             report = run(server, items, args.timeout)
         finally:

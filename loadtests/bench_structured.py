@@ -47,7 +47,6 @@ from server.structured import (  # noqa: E402
     validate_document,
 )
 from tests.structured.conftest import CORPUS  # noqa: E402
-from tests.support import server as server_support  # noqa: E402
 from tests.support.server import RunningServer, start_server  # noqa: E402
 
 BACKENDS = ("outlines", "xgrammar", "guidance")
@@ -297,7 +296,6 @@ def main() -> None:
         "--ready-timeout", type=float, default=1800.0, help="engine start-up wait, seconds"
     )
     args = parser.parse_args()
-    server_support.READY_TIMEOUT_S = args.ready_timeout  # start-up takes minutes under load
     entries = sample_corpus(None if args.full else args.sample)
     base = prepare_default_base_model(Settings().home)
     print(f"compile guard on {len(entries)} schemas", flush=True)
@@ -314,6 +312,7 @@ def main() -> None:
                     base_model=base,
                     args=[],
                     env={"HOTSWAP_STRUCTURED_OUTPUTS_BACKEND": backend},
+                    ready_timeout_s=args.ready_timeout,  # start-up takes minutes under load
                 )
             except RuntimeError as exc:  # reported, and the other backends still run
                 print(f"{backend}: the server did not start: {str(exc)[-400:]}", flush=True)
