@@ -181,6 +181,7 @@ class Engine:
         """Settings the engine core process reads from its environment (it is spawned)."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_space_gib))
         os.environ["HOTSWAP_FAST_CPU_LORA"] = "1" if self._settings.fast_cpu_lora else "0"
+        os.environ["HOTSWAP_GRAMMAR_CACHE_MB"] = str(self._settings.grammar_cache_mb)
         # The compile guard already proved every schema compiles within its (lower) limit.
         os.environ["VLLM_REGEX_COMPILATION_TIMEOUT_S"] = str(
             self._settings.engine_schema_compile_timeout_s

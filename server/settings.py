@@ -73,6 +73,18 @@ class Settings(BaseSettings):
     schema_compile_memory_mb: int = Field(
         default=2048, ge=64, description="Address-space limit of the schema compile sandbox, MB."
     )
+    schema_max_grammar_mb: int = Field(
+        default=128,
+        ge=1,
+        description="Largest compiled grammar (serialized token index, MB) a schema may need; "
+        "more: 422. The engine holds about 2.2 times this in memory while it is cached.",
+    )
+    grammar_cache_mb: int = Field(
+        default=512,
+        ge=1,
+        description="Compiled grammars the engine keeps for reuse, in MB of serialized index "
+        "(least recently used evicted first); replaces vLLM's cache of 128 of any size.",
+    )
     schema_limits: SchemaLimits = Field(
         default_factory=SchemaLimits,
         description="Caps bounding a schema's open parts (JSON); user bounds are never tightened.",

@@ -67,6 +67,7 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
         base.path,
         timeout_s=settings.schema_compile_timeout_s,
         memory_limit_mb=settings.schema_compile_memory_mb,
+        max_grammar_mb=settings.schema_max_grammar_mb,
         vocab_cache_dir=settings.schema_vocab_cache_dir,
     )
     app.state.schema_guard = guard  # closed by the lifespan, even if start-up fails later

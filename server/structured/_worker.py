@@ -21,6 +21,7 @@ from typing import Any
 
 from adapters.json_grammar import schema_regex
 from server.structured.budget import regex_budget
+from server.structured.engine_grammar_cache import index_bytes
 from server.structured.errors import RefusalReason, SchemaRefusedError
 from server.structured.vocabulary import load_vocabulary
 
@@ -59,13 +60,14 @@ def compile_schema(schema_json: str, vocabulary: Any) -> dict[str, Any]:
         return _refused(exc.reason, exc.message)
     regex_s = time.perf_counter() - started
     try:
-        outlines_core.Index(regex, vocabulary)
+        index = outlines_core.Index(regex, vocabulary)
     except MemoryError:
         return _refused(RefusalReason.MEMORY, "compiling the grammar ran out of memory")
     except ValueError as exc:
         return _refused(RefusalReason.UNSUPPORTED, f"outlines cannot index the regex: {exc}")
     total = time.perf_counter() - started
     return {
+        "grammar_bytes": index_bytes(index),
         "ok": True,
         "compile_s": total,
         "compile_cpu_s": time.process_time() - cpu_started,

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_LIMIT_MB = 2048
 DEFAULT_CACHE_SIZE = 1024
+DEFAULT_MAX_GRAMMAR_MB = 128
 WALL_TIMEOUT_FACTOR = 3.0
 WORKER_START_TIMEOUT_S = 120.0
 _POLL_S = 0.05
@@ -77,6 +78,8 @@ class CompileVerdict:
     budget: DocumentBudget | None = None
     """Longest document the grammar accepts (chars, bytes; max_tokens for max_tokens checks)."""
     regex_length: int | None = None
+    grammar_bytes: int | None = None
+    """Size of the compiled token index (serialized; the engine holds about 2.2 times this)."""
     transient: bool = False
     """A refusal caused by the machine (the wall-clock limit under load): not cached."""
     cached: bool = False
@@ -243,17 +246,21 @@ class CompileGuard:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         wall_timeout_s: float | None = None,
         memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
+        max_grammar_mb: int = DEFAULT_MAX_GRAMMAR_MB,
         workers: int = 1,
         cache_size: int = DEFAULT_CACHE_SIZE,
         vocab_cache_dir: Path | None = None,
         vocab_build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S,
     ) -> None:
-        if timeout_s <= 0 or memory_limit_mb <= 0 or workers < 1 or cache_size < 0:
-            raise ValueError("timeout_s, memory_limit_mb and workers must be positive")
+        if min(timeout_s, memory_limit_mb, max_grammar_mb, workers) <= 0 or cache_size < 0:
+            raise ValueError(
+                "timeout_s, memory_limit_mb, max_grammar_mb and workers must be positive"
+            )
         self.model_path = Path(model_path)
         self.timeout_s = timeout_s
         self.wall_timeout_s = wall_timeout_s or WALL_TIMEOUT_FACTOR * timeout_s
         self.memory_limit_mb = memory_limit_mb
+        self.max_grammar_mb = max_grammar_mb
         self.cache_size = cache_size
         self.vocab_cache_dir = vocab_cache_dir or Path.home() / ".cache" / "hotswap" / "structured"
         self.vocab_build_timeout_s = vocab_build_timeout_s
@@ -470,9 +477,19 @@ class CompileGuard:
             ),
         )
 
-    @staticmethod
-    def _verdict(answer: dict[str, Any], digest: str) -> CompileVerdict:
+    def _verdict(self, answer: dict[str, Any], digest: str) -> CompileVerdict:
         if answer.get("ok"):
+            grammar_bytes = int(answer["grammar_bytes"])
+            if grammar_bytes > self.max_grammar_mb << 20:
+                return CompileVerdict(
+                    ok=False,
+                    digest=digest,
+                    reason=RefusalReason.MEMORY,
+                    message=f"the compiled grammar takes {grammar_bytes / 2**20:.0f} MB; "
+                    f"the limit is {self.max_grammar_mb} MB (bound the schema's strings, "
+                    "arrays or patterns more tightly)",
+                    grammar_bytes=grammar_bytes,
+                )
             return CompileVerdict(
                 ok=True,
                 digest=digest,
@@ -480,6 +497,7 @@ class CompileGuard:
                 compile_cpu_s=float(answer["compile_cpu_s"]),
                 budget=DocumentBudget(answer.get("max_chars"), answer.get("max_bytes")),
                 regex_length=answer.get("regex_length"),
+                grammar_bytes=grammar_bytes,
             )
         return CompileVerdict(
             ok=False,

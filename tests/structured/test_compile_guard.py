@@ -64,6 +64,7 @@ def test_normal_schema_compiles_and_is_cached(guard: CompileGuard) -> None:
     assert verdict.compile_cpu_s is not None and verdict.compile_cpu_s > 0
     assert verdict.budget is not None and verdict.budget.max_tokens is not None
     assert verdict.budget.max_tokens >= len('{"name":"","age":0}') + 1
+    assert verdict.grammar_bytes is not None and verdict.grammar_bytes > 0
     assert verdict.digest == schema_digest(bounded)
 
     started = time.perf_counter()
@@ -134,6 +135,25 @@ def test_memory_limit_kills_the_worker(base_model_path: Path) -> None:
         assert "150 MB" in verdict.message
         assert _wait_gone(pid)
         assert guard.check_sync(HOSTILE).cached
+
+
+def test_a_grammar_over_the_size_limit_is_refused(base_model_path: Path) -> None:
+    """The engine caches what it compiles: a schema whose index is too large never gets there."""
+    text = {"type": "string", "maxLength": 64}
+    schema = bound_schema({"type": "object", "properties": {"a": text}, "required": ["a"]})
+    with CompileGuard(base_model_path, timeout_s=30.0, wall_timeout_s=120.0) as roomy:
+        accepted = roomy.check_sync(schema)
+    assert accepted.ok and accepted.grammar_bytes is not None
+    assert accepted.grammar_bytes > 1 << 20, accepted.grammar_bytes
+    with CompileGuard(
+        base_model_path, timeout_s=30.0, wall_timeout_s=120.0, max_grammar_mb=1
+    ) as strict:
+        verdict = strict.check_sync(schema)
+        assert not verdict.ok and verdict.reason is RefusalReason.MEMORY, verdict
+        assert "the limit is 1 MB" in verdict.message
+        assert verdict.grammar_bytes == accepted.grammar_bytes
+        assert strict.check_sync(schema).cached
+        assert strict.check_sync({"enum": ["a", "b"]}).ok
 
 
 async def test_async_check_does_not_block_the_event_loop(base_model_path: Path) -> None:

@@ -91,7 +91,8 @@ def test_training_beats_the_base_model(
     assert again.passed, again.gate.reasons
     # vLLM is not bitwise reproducible across runs on CPU (the second run hits the prefix cache
     # and batches differently), so a near-tie may flip: CI saw 1 of 56 differ.
-    same = sum(a == b for a, b in zip(again.adapter_run.outputs, report.adapter_run.outputs))
+    pairs = zip(again.adapter_run.outputs, report.adapter_run.outputs, strict=True)
+    same = sum(a == b for a, b in pairs)
     assert same >= 0.95 * len(report.adapter_run.outputs), same
 
     update_manifest(trained.adapter_dir, metrics=headline_metrics(report))
