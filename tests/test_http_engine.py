@@ -203,6 +203,25 @@ def test_malformed_json_body_is_a_422(server: RunningServer) -> None:
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 422
+    assert "JSON" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/generate", {"input": "hi", "schema": False}, "body.schema"),
+        ("/v1/generate", {"input": "hi", "max_tokens": "many"}, "body.max_tokens"),
+        ("/v1/chat/completions", {"model": BASE}, "body.messages"),
+    ],
+)
+def test_invalid_body_is_a_422_in_the_error_envelope(
+    server: RunningServer, path: str, body: dict[str, object], field: str
+) -> None:
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request" and error["code"] == 422
+    assert error["message"].startswith("Invalid request: ") and field in error["message"]
 
 
 def test_probes(server: RunningServer) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY
 
@@ -27,7 +28,7 @@ from server.base_model import BaseModel, resolve_base_model
 from server.catalog import ModelCatalog
 from server.engine import Engine
 from server.engine_supervisor import EngineSupervisor
-from server.errors import HotswapError
+from server.errors import HotswapError, InvalidRequest
 from server.generation import GenerationService
 from server.http.routes import adapters, generate, health, openai, stats
 from server.http.sse import error_body, retry_headers
@@ -155,6 +156,10 @@ def create_app(
     async def _hotswap_error(_: Request, exc: HotswapError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=exc.status, headers=retry_headers(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(InvalidRequest(_validation_message(exc))), status_code=422)
+
     @app.exception_handler(AdapterError)
     async def _adapter_error(_: Request, exc: AdapterError) -> JSONResponse:
         status = _ADAPTER_ERROR_STATUS.get(type(exc), 422)
@@ -178,6 +183,15 @@ def create_app(
     app.include_router(stats.router, dependencies=infer)
     app.include_router(adapters.router, dependencies=[Depends(require(Role.ADMIN))])
     return app
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """pydantic's errors as one line naming each field, e.g. `body.schema: Input should be ...`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", ""))
+    return "Invalid request: " + "; ".join(parts)
 
 
 def _stop_if_start_failed(task: asyncio.Task[None]) -> None:
