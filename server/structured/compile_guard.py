@@ -14,6 +14,9 @@ user+system time, read from /proc while waiting), so a verdict does not depend o
 machine is; `wall_timeout_s` (default 3 x timeout_s) bounds the wall-clock wait. Both kill the
 worker. Only CPU-bound refusals are cached: a wall-clock refusal under load is `transient`.
 
+Size: the worker measures the compiled index (its serialized bytes); one over `max_grammar_mb`
+is refused, since the engine keeps what it compiles in memory (see `engine_grammar_cache`).
+
 Verdicts, refusals included, are cached by the sha256 of the canonical schema JSON in a
 bounded LRU; identical schemas in flight at the same time are compiled once.
 """
