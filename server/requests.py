@@ -3,7 +3,7 @@ domain request, and the capped copy of an uploaded archive to disk."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,19 @@ def parse_generate(fields: Mapping[str, Any]) -> GenerateRequest:
     try:
         return GenerateRequest.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidRequest(validation_message(exc)) from exc
+        raise InvalidRequest(validation_message(exc.errors())) from exc
 
 
-def validation_message(exc: ValidationError) -> str:
-    """Pydantic's errors as one line: `field: problem; ...`."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}"
-        for error in exc.errors()
-    )
+def validation_message(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one line: `field: problem; ...`. FastAPI's leading `body` location
+    is left out, so an HTTP body and a gRPC message with the same fault read the same."""
+    parts = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        if loc[:1] == ["body"]:
+            loc = loc[1:]
+        parts.append(f"{'.'.join(str(part) for part in loc) or 'request'}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def generation_request(body: GenerateRequest, protocol: str) -> GenerationRequest:

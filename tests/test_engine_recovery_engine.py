@@ -26,6 +26,7 @@ pytestmark = pytest.mark.engine
 
 CLIENT_TIMEOUT_S = 120.0  # a request still open this long after the kill has hung
 ENDED_WITHIN_S = 10.0  # how soon after the kill every request in flight must have ended
+NOTICED_WITHIN_S = 2.0  # how soon after the kill /readyz must answer 503
 RECOVERY_TIMEOUT_S = 600.0  # as long as a first start may take on a loaded machine
 ADAPTER = "keeper"
 
@@ -185,7 +186,10 @@ def test_engine_core_killed_under_load_recovers(base_model_path: Path, tmp_path:
             readiness.append((time.monotonic() - killed_at, status))
             return status == 200
 
-        assert not ready_again()
+        # vLLM's process monitor notices the death within moments, not at the kill itself
+        assert wait_until(lambda: not ready_again(), timeout=NOTICED_WITHIN_S, step=0.02)
+        noticed_s = readiness[-1][0]
+        readiness.clear()
         during = httpx.post(
             f"{server.url}/v1/completions",
             json={"model": "base", "prompt": "Hi", "max_tokens": 4},
@@ -210,7 +214,7 @@ def test_engine_core_killed_under_load_recovers(base_model_path: Path, tmp_path:
         assert any(o.result == "UNAVAILABLE" for o in failed)
 
         assert wait_until(ready_again, timeout=RECOVERY_TIMEOUT_S, step=0.5), server.log_tail()
-        print(f"kill -> /readyz 200: {readiness[-1][0]:.1f} s")
+        print(f"kill -> /readyz 503: {noticed_s:.2f} s, -> 200: {readiness[-1][0]:.1f} s")
         assert all(status == 503 for _, status in readiness[:-1])
 
         # Served again, base and adapter, the same version; the old engine is gone.

@@ -209,9 +209,9 @@ def test_malformed_json_body_is_a_422(server: RunningServer) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
-        ("/v1/generate", {"input": "hi", "schema": False}, "body.schema"),
-        ("/v1/generate", {"input": "hi", "max_tokens": "many"}, "body.max_tokens"),
-        ("/v1/chat/completions", {"model": BASE}, "body.messages"),
+        ("/v1/generate", {"input": "hi", "schema": False}, "schema: "),
+        ("/v1/generate", {"input": "hi", "max_tokens": "many"}, "max_tokens: "),
+        ("/v1/chat/completions", {"model": BASE}, "messages: "),
     ],
 )
 def test_invalid_body_is_a_422_in_the_error_envelope(
@@ -221,7 +221,7 @@ def test_invalid_body_is_a_422_in_the_error_envelope(
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["type"] == "invalid_request" and error["code"] == 422
-    assert error["message"].startswith("Invalid request: ") and field in error["message"]
+    assert error["message"].startswith(field), error["message"]
 
 
 def test_probes(server: RunningServer) -> None:

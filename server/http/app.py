@@ -35,6 +35,7 @@ from server.http.sse import error_body, retry_headers
 from server.http.state import ServerState, require
 from server.metrics.labels import LabelTracker
 from server.request_log import request_id_middleware
+from server.requests import validation_message
 from server.schema_policy import SchemaPolicy
 from server.settings import Settings
 from server.structured import CompileGuard
@@ -158,7 +159,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(InvalidRequest(_validation_message(exc))), status_code=422)
+        message = validation_message(exc.errors())
+        return JSONResponse(error_body(InvalidRequest(message)), status_code=422)
 
     @app.exception_handler(AdapterError)
     async def _adapter_error(_: Request, exc: AdapterError) -> JSONResponse:
@@ -183,15 +185,6 @@ def create_app(
     app.include_router(stats.router, dependencies=infer)
     app.include_router(adapters.router, dependencies=[Depends(require(Role.ADMIN))])
     return app
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    """pydantic's errors as one line naming each field, e.g. `body.schema: Input should be ...`."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", ""))
-    return "Invalid request: " + "; ".join(parts)
 
 
 def _stop_if_start_failed(task: asyncio.Task[None]) -> None:
