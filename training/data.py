@@ -228,12 +228,12 @@ def build_output_schema(
         return task.output_schema
     field_schema: dict[str, Any] = {"type": "string", "enum": list(labels)}
     if task.kind != "classification":
-        field_schema = {"type": "array", "items": field_schema, "maxItems": 8}
+        field_schema = {"type": "array", "items": field_schema, "maxItems": task.max_labels}
     properties: dict[str, Any] = {task.output_field: field_schema}
     if task.kind == "extraction":
         properties["slots"] = {
             "type": "object",
-            "properties": {s: {"type": "string", "maxLength": 60} for s in slots},
+            "properties": {s: dict(task.slot_value_schema) for s in slots},
             "additionalProperties": False,
         }
     return {

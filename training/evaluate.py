@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from adapters.document_budget import BudgetError, document_budget
 from adapters.json_grammar import structured_outputs_kwargs
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec
 from training.data import Example
@@ -27,6 +28,9 @@ from training.recipe import GateConfig
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+EVAL_CONTEXT = 2048
+"""The evaluation engine's context: the server's default `max_model_len`, so that what serving
+fits (prompt plus the schema's token budget), evaluation fits."""
 
 
 class EvalError(RuntimeError):
@@ -81,7 +85,7 @@ class Engine:
             max_loras=2,
             dtype="bfloat16",
             structured_outputs_config={"backend": backend},
-            max_model_len=1024,
+            max_model_len=EVAL_CONTEXT,
             seed=seed,
         )
         self._next_lora_id = 1
@@ -154,6 +158,23 @@ def _run(
     return ModelRun(model=name, scores=scores, wall_s=wall, outputs=outputs)
 
 
+def schema_max_tokens(spec: TaskSpec) -> int:
+    """The max_tokens the server gives a request that leaves it unset: the token budget of the
+    longest document the task's output schema allows, so that no valid answer is cut."""
+    if not spec.output_schema:
+        raise EvalError("the task has no output schema: set eval.max_tokens")
+    try:
+        budget = document_budget(spec.output_schema).max_tokens
+    except BudgetError as exc:
+        raise EvalError(f"the output schema cannot be served: {exc.message}") from exc
+    if budget is None:
+        raise EvalError(
+            "the output schema allows documents of any length: bound it (maxLength, maxItems) "
+            "or set eval.max_tokens"
+        )
+    return budget
+
+
 def read_manifest(adapter_dir: Path) -> AdapterManifest:
     path = adapter_dir / MANIFEST_FILE
     if not path.is_file():
@@ -169,7 +190,7 @@ def evaluate(
     gate: GateConfig | None = None,
     previous_report: Path | None = None,
     compare_base: bool = True,
-    max_tokens: int = 64,
+    max_tokens: int | None = None,
     engine: Engine | None = None,
     write: bool = True,
 ) -> EvalReport:
@@ -183,6 +204,7 @@ def evaluate(
     spec = manifest.task
     if not test_data:
         raise EvalError("the test set is empty")
+    max_tokens = max_tokens or schema_max_tokens(spec)
     gate = gate or GateConfig()
     own = engine is None
     engine = engine or Engine(base_dir)

@@ -93,8 +93,16 @@ class TaskConfig(BaseModel):
     output_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema of the output; default: built from the labels."
     )
+    max_labels: int = Field(
+        default=8, gt=0, description="multilabel / extraction: most labels in one output."
+    )
     slot_names: list[str] | None = Field(
         default=None, description="extraction: slot names (default: those seen in the data)."
+    )
+    slot_value_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "string", "maxLength": 60},
+        description="extraction: JSON Schema of one slot value. A `pattern` over a closed "
+        "character class compiles far faster than `maxLength` (docs/training.md).",
     )
     system_message: str | None = Field(
         default="Classify the banking request.",
@@ -173,7 +181,12 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(default=64, gt=0)
+    max_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="None: what the server runs a request without max_tokens with, the "
+        "longest document the output schema allows (its token budget).",
+    )
     max_examples: int | None = Field(default=None, gt=0, description="Cap the test set.")
     compare_base: bool = Field(default=True, description="Also score the base model zero-shot.")
     gate: GateConfig = Field(default_factory=GateConfig)

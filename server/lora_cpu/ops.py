@@ -298,17 +298,33 @@ class WeightCache:
         stacks = (*lora_a_stacked, *lora_b_stacked)
         key = ("linear", dtype, offset_start, tuple(output_slices), *map(id, stacks))
         entry = self._entries.get(key)
-        if entry is not None:
-            versions = _versions(stacks)
-            if versions == entry.versions and all(
-                r() is s for r, s in zip(entry.refs, stacks, strict=True)
-            ):
-                return entry.value
+        if self._current(entry, stacks):
+            assert entry is not None
+            return entry.value
         n = len(output_slices)
         value = _build_linear(stacks[:n], stacks[n:], output_slices, dtype, offset_start, entry)
+        self._keep(key, stacks, value)
+        return value
+
+    @staticmethod
+    def _current(entry: _Entry | None, stacks: tuple[torch.Tensor, ...]) -> bool:
+        """Whether `entry` was built from these very stacks, unwritten since."""
+        return (
+            entry is not None
+            and _versions(stacks) == entry.versions
+            and all(r() is s for r, s in zip(entry.refs, stacks, strict=True))
+        )
+
+    def _keep(
+        self,
+        key: tuple[object, ...],
+        stacks: tuple[torch.Tensor, ...],
+        value: LinearWeights,
+    ) -> None:
+        """Remember `value` until a stack is written (versions) or freed (weak references)."""
         versions = _versions(stacks)
         if versions is None:
-            return value  # no version counters: nothing to keep current, build every call
+            return  # no version counters: nothing to keep current, build every call
         entries = self._entries
 
         def forget(_: object, key: tuple[object, ...] = key) -> None:
@@ -316,7 +332,6 @@ class WeightCache:
 
         refs = tuple(weakref.ref(s, forget) for s in stacks)
         self._entries[key] = _Entry(refs, versions, value)
-        return value
 
     def shrink_weights(
         self, lora_a_stacked: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32
@@ -341,12 +356,8 @@ class WeightCache:
     ) -> CachedWeights:
         """Shrink weights (`size` None) or expand weights, cached like `linear`."""
         entry = self._entries.get(key)
-        versions = _versions(stacks)
-        if (
-            entry is not None
-            and versions == entry.versions
-            and all(r() is s for r, s in zip(entry.refs, stacks, strict=True))
-        ):
+        if self._current(entry, stacks):
+            assert entry is not None
             return entry.value.shrink
         old = entry.value.shrink.weights if entry is not None else None
         if size is None:
@@ -357,14 +368,7 @@ class WeightCache:
             weights = _expand_layout(b3, size, dtype, old)
             nonzero = (_nonzero_slots(b3[:, :size]),)
         cached = CachedWeights(weights, nonzero)
-        if versions is not None:
-            entries = self._entries
-
-            def forget(_: object, key: tuple[object, ...] = key) -> None:
-                entries.pop(key, None)
-
-            refs = tuple(weakref.ref(s, forget) for s in stacks)
-            self._entries[key] = _Entry(refs, versions, LinearWeights(cached, ()))
+        self._keep(key, stacks, LinearWeights(cached, ()))
         return cached
 
 

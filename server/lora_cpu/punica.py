@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from server.lora_cpu import ops
+from server.lora_cpu import graph_ops, ops
 
 if TYPE_CHECKING:
     from vllm.lora.layers import LoRAMapping
@@ -38,6 +38,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         self._token_plan: ops.SegmentPlan = _EMPTY_PLAN
         self._sampler_plan: ops.SegmentPlan | None = None
         self._state = ops.LoraState()
+        self._graph_id = graph_ops.register_wrapper(self)
 
     def update_metadata(
         self,
@@ -111,6 +112,15 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         **kwargs: Any,
     ) -> None:
         """`y += x @ lora_b_stacked` for the embedding layer (its A was applied by lookup)."""
+        if torch.compiler.is_compiling():
+            torch.ops.hotswap.lora_embedding(y, x, lora_b_stacked, add_inputs, self._graph_id)
+        else:
+            self.apply_lora_embedding(y, x, lora_b_stacked, add_inputs)
+
+    def apply_lora_embedding(
+        self, y: torch.Tensor, x: torch.Tensor, lora_b_stacked: torch.Tensor, add_inputs: bool
+    ) -> None:
+        """`add_lora_embedding` for the current step (what the custom op runs)."""
         ops.lora_expand(
             y, x, lora_b_stacked, self._token_plan, 0, None, add_inputs, state=self._state
         )
@@ -127,7 +137,34 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         buffer: tuple[torch.Tensor, ...] | None = None,
         **kwargs: Any,
     ) -> None:
-        """The whole LoRA of a linear layer in one call; `buffer` is not needed and not used."""
+        """The whole LoRA of a linear layer in one call; `buffer` is not needed and not used.
+
+        Inside a `torch.compile` trace this is one opaque custom op (registered by `graph_ops`),
+        so the step's segment plan is read when the graph runs, not frozen when it was traced.
+        """
+        if torch.compiler.is_compiling():
+            torch.ops.hotswap.lora_linear(
+                y,
+                x,
+                list(lora_a_stacked),
+                list(lora_b_stacked),
+                scale,
+                list(output_slices),
+                self._graph_id,
+            )
+        else:
+            self.apply_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices)
+
+    def apply_lora_linear(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_a_stacked: tuple[torch.Tensor, ...],
+        lora_b_stacked: tuple[torch.Tensor, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+    ) -> None:
+        """`add_lora_linear` for the current step (what the custom op runs)."""
         ops.lora_linear(
             y.view(-1, y.shape[-1]),
             x.view(-1, x.shape[-1]),
