@@ -22,7 +22,7 @@ STAMP := $(VENV)/.hotswap-installed-$(ENGINE)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test lint unit format clean-venv prometheus postgres loadtest
+.PHONY: install model serve test lint unit format clean-venv prometheus postgres cxx loadtest
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ postgres:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql && \
 	  { $(SUDO) systemctl disable --now postgresql 2>/dev/null || $(SUDO) service postgresql stop 2>/dev/null || true; }; }
 
+# A C++ compiler for inductor: LoRA engines on CPU run compiled (docs/lora_cpu.md) and the tests
+# check that they do. `make serve` does without one (the engine runs uncompiled, with a warning).
+cxx:
+	@command -v $${CXX:-g++} >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++; }
+
 model: install
 	$(VENV)/bin/hotswap prepare-model
 
@@ -69,10 +76,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint model prometheus postgres
+test: lint model prometheus postgres cxx
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
-unit: install prometheus postgres
+unit: install prometheus postgres cxx
 	$(VENV)/bin/pytest -ra -m "not engine" $(PYTEST_ARGS)
 
 # Locust, headless, against a server it starts on loopback with two adapters: closed loop then
