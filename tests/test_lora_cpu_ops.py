@@ -23,7 +23,7 @@ from vllm.lora.ops.torch_ops import (
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 from vllm.lora.punica_wrapper.utils import compute_meta
 
-from server.lora_cpu import ops
+from server.lora_cpu import dense, ops
 from server.lora_cpu.punica import SegmentedPunicaWrapperCPU
 
 HIDDEN = 64
@@ -52,7 +52,7 @@ BATCHES: dict[str, list[int]] = {
     # one long prompt next to decode rows: the per-segment layout is the one `auto` picks
     "long_prompt_and_decode": [*_runs((1, 700)), 0, 3, -1, 2, 3],
 }
-LAYOUTS: tuple[ops.Layout, ...] = ("auto", "padded", "segments")
+LAYOUTS: tuple[ops.Layout, ...] = ("auto", "padded", "segments", "dense")
 DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -116,10 +116,14 @@ def test_plan_groups_rows_by_slot(name: str) -> None:
 
 
 def test_plan_layouts() -> None:
-    assert ops.plan_segments(torch.tensor(BATCHES["decode_mixed"])).padded
+    decode = ops.plan_segments(torch.tensor(BATCHES["decode_mixed"]))
+    assert decode.padded and decode.dense_mode is None  # dense where the layer is narrow enough
     assert not ops.plan_segments(torch.tensor(BATCHES["long_prompt_and_decode"])).padded
     plan = ops.plan_segments(torch.tensor(BATCHES["one_adapter_with_base"]))
     assert plan.padded and plan.row_range == (4, 10) and plan.sliced
+    assert plan.dense_mode is False  # one adapter: the dense form would only multiply the work
+    assert ops.plan_segments(torch.tensor(BATCHES["decode_mixed"]), "dense").dense_mode is True
+    assert ops.plan_segments(torch.tensor(BATCHES["decode_mixed"]), "segments").dense_mode is False
 
 
 # --- single ops against the reference ------------------------------------------------------
@@ -403,6 +407,81 @@ def test_no_weight_copy_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
             plan,
         )
     assert calls == []
+
+
+# --- the dense form -------------------------------------------------------------------------
+
+
+def test_dense_form_is_chosen_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` runs the dense form of a several-adapter batch while rows × its multiply-adds per
+    row stay within `DENSE_MAX_MACS`, the grouped products beyond, and never for one adapter."""
+    runs: list[int] = []
+    original = dense.dense_linear
+    monkeypatch.setattr(dense, "dense_linear", lambda *a: runs.append(1) or original(*a))
+    g = torch.Generator().manual_seed(17)
+    lora_a, lora_b = _stacks(g, torch.float32, HIDDEN, MERGED["qkv"])
+    form = dense.build_dense_linear(
+        [a[:, 0] for a in lora_a],
+        [b[:, 0] for b in lora_b],
+        (48, 16, 16),
+        (0, 48, 64),
+        (0, 1, 2),
+        torch.float32,
+    )
+    assert form is not None and form.macs_per_row == SLOTS * RANK * (3 * HIDDEN + 48 + 16 + 16)
+    rows = BATCHES["decode_mixed"]
+    for limit, name, expected in (
+        (len(rows) * form.macs_per_row * 10, "decode_mixed", 1),
+        (len(rows) * form.macs_per_row // 10, "decode_mixed", 0),
+        (1 << 40, "one_adapter", 0),
+    ):
+        monkeypatch.setattr(ops, "DENSE_MAX_MACS", limit)
+        runs.clear()
+        y = torch.zeros(len(BATCHES[name]), 80)
+        x = torch.randn(len(BATCHES[name]), HIDDEN, generator=g)
+        plan = ops.plan_segments(torch.tensor(BATCHES[name]))
+        ops.lora_linear(y, x, lora_a, lora_b, 1.0, (48, 16, 16), plan)
+        assert len(runs) == expected, (limit, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_form_keeps_only_the_ranks_in_use(dtype: torch.dtype) -> None:
+    """Stacks sized for rank 8 holding adapters of rank 3 and 5 (vLLM zero-pads them): the
+    dense form runs rank 5, and matches the reference."""
+    rows = BATCHES["decode_mixed"]
+    fast, reference = _wrappers(rows, "dense")
+    g = torch.Generator().manual_seed(19)
+    lora_a, lora_b = _stacks(g, dtype, HIDDEN, MERGED["gate_up"])
+    for slot, rank in enumerate((3, 5, 5, 3)):
+        for a, b in zip(lora_a, lora_b, strict=True):
+            a[slot, :, rank:] = 0
+            b[slot, :, :, rank:] = 0
+    form = dense.build_dense_linear(
+        [a[:, 0] for a in lora_a], [b[:, 0] for b in lora_b], (96, 96), (0, 96), (0, 1), dtype
+    )
+    assert form is not None and form.rank == 5
+    x = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)
+    y0 = torch.randn(len(rows), 192, generator=g).to(dtype)
+    actual, expected = y0.clone(), y0.clone()
+    fast.add_lora_linear(actual, x, lora_a, lora_b, 1.0, MERGED["gate_up"])
+    reference.add_lora_linear(
+        expected, x, _zero_slotted(lora_a), _zero_slotted(lora_b), 1.0, MERGED["gate_up"]
+    )
+    _close(actual, expected)
+
+
+def test_dense_form_without_onednn_dtype() -> None:
+    """float16, which vLLM's oneDNN GEMM refuses, runs the dense form with torch's product."""
+    case = _case(BATCHES["decode_mixed"], torch.float16, seed=18)
+    plan = ops.plan_segments(case.indices, "dense")
+    actual = torch.zeros(len(case.indices), 48, dtype=torch.float16)
+    ops.lora_linear(actual, case.x, (case.lora_a,), (case.lora_b,), 0.5, (48,), plan)
+    expected = torch.zeros(len(case.indices), 48)
+    for i, slot in enumerate(case.indices.tolist()):
+        if slot != -1:
+            a, b = case.lora_a[slot, 0].float(), case.lora_b[slot, 0].float()
+            expected[i] = 0.5 * (case.x[i].float() @ a.T) @ b.T
+    _close(actual.float(), expected, torch.bfloat16)
 
 
 # --- the weight cache ------------------------------------------------------------------------

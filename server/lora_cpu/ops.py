@@ -17,6 +17,12 @@ rows are skipped. Two layouts, chosen per step by `plan_segments`:
 - *segments* (prefill, unbalanced batches): one `torch.mm` per segment, so one long prompt does
   not pad every other adapter to its length.
 
+For a whole linear layer (`lora_linear`) with several adapters in the batch, a third form usually
+wins: the *dense* form of `server.lora_cpu.dense`, every row against every slot's weights in two
+large products, the other slots masked out. It costs `slots` times the arithmetic but runs it at
+the speed of the base model's own GEMMs; it is used for the layers where it stays within
+`DENSE_MAX_MACS` (every layer of a decode step, the narrow ones of prefill chunks).
+
 The products run in float32 on a float32 copy of the stacks kept by a `WeightCache`, transposed
 to the layout the products read (the A of merged layers side by side, so q, k and v share one
 product). On CPU a bfloat16 product of these small shapes costs several times a float32 one
@@ -40,6 +46,8 @@ from typing import Literal
 
 import torch
 
+from server.lora_cpu import dense
+
 NO_LORA = -1
 """The slot index of rows served by the base model alone."""
 
@@ -55,7 +63,13 @@ traffic) and round more."""
 PAD_FACTOR = 1
 PAD_ROWS_PER_SEGMENT = 32
 
-Layout = Literal["auto", "padded", "segments"]
+# For a batch of several adapters, `lora_linear` runs the dense form (`server.lora_cpu.dense`)
+# of a layer while it costs at most this many multiply-adds: `slots` times the arithmetic of
+# the grouped products, at several times their speed on the few rows per adapter of a decode
+# step; on prefill-sized batches of wide adapters the grouped products cost less.
+DENSE_MAX_MACS = 1 << 26
+
+Layout = Literal["auto", "padded", "segments", "dense"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +109,26 @@ class SegmentPlan:
     """True when the batched (padded) layout is used."""
     sliced: bool
     """True when the adapter rows are one contiguous range, already in plan order."""
+    slot_indices: torch.Tensor
+    """`(num_rows,)`: the slot of every row, -1 for base rows."""
+    dense_mode: bool | None
+    """Whether `lora_linear` runs the dense form: always (True), never (False), or for the
+    layers where it costs at most `DENSE_MAX_MACS` (None)."""
+    _masks: dict[tuple[int, int, torch.dtype, float], torch.Tensor] = field(default_factory=dict)
+
+    def uses_dense(self, form: dense.DenseLinear) -> bool:
+        """Whether `lora_linear` runs the dense form `form` of a layer for this step."""
+        if self.dense_mode is None:
+            return self.num_rows * form.macs_per_row <= DENSE_MAX_MACS
+        return self.dense_mode
+
+    def slot_mask(self, slots: int, rank: int, dtype: torch.dtype, scale: float) -> torch.Tensor:
+        """`dense.slot_mask` of this step, made once per step and shape."""
+        key = (slots, rank, dtype, scale)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = dense.slot_mask(self.slot_indices, slots, rank, dtype, scale)
+        return mask
 
 
 def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan:
@@ -125,6 +159,8 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
             empty=True,
             padded=False,
             sliced=False,
+            slot_indices=indices,
+            dense_mode=False,
         )
     lora_slots = indices[lora_rows]
     order = torch.argsort(lora_slots, stable=True)
@@ -150,7 +186,7 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
     width = max(counts)
     padded_size = slot_span * width
     use_padded = layout == "padded" or (
-        layout == "auto"
+        layout in ("auto", "dense")
         and padded_size - num_lora_rows
         <= PAD_FACTOR * num_lora_rows + PAD_ROWS_PER_SEGMENT * len(slots)
     )
@@ -186,6 +222,10 @@ def plan_segments(indices: torch.Tensor, layout: Layout = "auto") -> SegmentPlan
         empty=False,
         padded=use_padded,
         sliced=row_range is not None and (not use_padded or slot_span == 1),
+        slot_indices=indices,
+        dense_mode=(
+            True if layout == "dense" else None if layout == "auto" and len(slots) > 1 else False
+        ),
     )
 
 
@@ -249,8 +289,33 @@ class LinearWeights:
 
     shrink: CachedWeights
     slices: tuple[_Slice, ...]
+    sources: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] = ((), ())
+    """vLLM's A and B stacks, 3-D, for the dense form."""
     _plan: SegmentPlan | None = None
     _active: tuple[_Slice, ...] = ()
+    _dense: dict[torch.dtype, dense.DenseLinear | None] = field(default_factory=dict)
+
+    def dense_form(self, dtype: torch.dtype) -> dense.DenseLinear | None:
+        """The dense form in `dtype` (built on first use): the slices nonzero in some slot."""
+        if dtype not in self._dense:
+            kept = [
+                k
+                for k, s in enumerate(self.slices)
+                if any(
+                    a and b
+                    for a, b in zip(self.shrink.nonzero[k], s.expand.nonzero[0], strict=True)
+                )
+            ]
+            lora_a, lora_b = self.sources
+            self._dense[dtype] = dense.build_dense_linear(
+                lora_a,
+                lora_b,
+                [s.size for s in self.slices],
+                [s.y_col for s in self.slices],
+                kept,
+                dtype,
+            )
+        return self._dense[dtype]
 
     def active(self, plan: SegmentPlan) -> tuple[_Slice, ...]:
         """The slices that some adapter of the step has nonzero weights for (memoised per step)."""
@@ -424,7 +489,8 @@ def _build_linear(
         t_col += rank
         y_col += size
     nonzero = tuple(_nonzero_slots(a) for a in lora_a_stacked)
-    return LinearWeights(CachedWeights(a_out, nonzero), tuple(slices))
+    sources = (tuple(map(_as_3d, lora_a_stacked)), tuple(map(_as_3d, lora_b_stacked)))
+    return LinearWeights(CachedWeights(a_out, nonzero), tuple(slices), sources)
 
 
 # --- scratch space -------------------------------------------------------------------------
@@ -634,6 +700,11 @@ def lora_linear(
     layer = state.weights.linear(lora_a_stacked, lora_b_stacked, output_slices, dtype, offset_start)
     active = layer.active(plan)
     if not active:
+        return
+    form = layer.dense_form(x.dtype) if plan.dense_mode is not False else None
+    if form is not None and plan.uses_dense(form):
+        mask = plan.slot_mask(form.slots, form.rank, x.dtype, scale)
+        dense.dense_linear(y, x, form, mask)
         return
     scratch = state.scratch
     t = _product(_gather(x, plan, scratch, "x", dtype), layer.shrink.weights, plan, scratch, "t")
