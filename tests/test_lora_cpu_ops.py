@@ -425,7 +425,6 @@ def test_dense_form_is_chosen_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> No
         [b[:, 0] for b in lora_b],
         (48, 16, 16),
         (0, 48, 64),
-        (0, 1, 2),
         torch.float32,
     )
     assert form is not None and form.macs_per_row == SLOTS * RANK * (3 * HIDDEN + 48 + 16 + 16)
@@ -457,7 +456,7 @@ def test_dense_form_keeps_only_the_ranks_in_use(dtype: torch.dtype) -> None:
             a[slot, :, rank:] = 0
             b[slot, :, :, rank:] = 0
     form = dense.build_dense_linear(
-        [a[:, 0] for a in lora_a], [b[:, 0] for b in lora_b], (96, 96), (0, 96), (0, 1), dtype
+        [a[:, 0] for a in lora_a], [b[:, 0] for b in lora_b], (96, 96), (0, 96), dtype
     )
     assert form is not None and form.rank == 5
     x = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)

@@ -92,19 +92,21 @@ def build_dense_linear(
     lora_b: Sequence[torch.Tensor],
     sizes: Sequence[int],
     y_cols: Sequence[int],
-    kept: Sequence[int],
     dtype: torch.dtype,
 ) -> DenseLinear | None:
-    """The dense form of the slices `kept` (indices into the stacks); None when it adds nothing.
+    """The dense form of a layer's slices; None when every slot's weights are zero.
 
     `lora_a[k]` is `(slots, rank, in)`, `lora_b[k]` `(slots, out, rank)` (vLLM's stacks without
     their singleton dimension); slice `k` writes `sizes[k]` outputs from column `y_cols[k]`.
-    vLLM sizes the stacks for `max_lora_rank` and zero-pads smaller adapters: only the ranks
-    some slot uses are kept, so rank-8 adapters in a rank-64 engine cost rank 8.
+    Only the ranks some slot uses are kept (vLLM sizes the stacks for `max_lora_rank` and
+    zero-pads smaller adapters, so rank-8 adapters in a rank-64 engine cost rank 8), and only the
+    slices that use one of them (an adapter set that targets q and v leaves k out).
     """
-    rank = _used_rank([lora_a[k] for k in kept], [lora_b[k][:, : sizes[k]] for k in kept])
-    if rank == 0:
+    used = [_used_ranks(a, b[:, :size]) for a, b, size in zip(lora_a, lora_b, sizes, strict=True)]
+    kept = [k for k, ranks in enumerate(used) if bool(ranks.any())]
+    if not kept:
         return None
+    rank = int(torch.nonzero(torch.stack([used[k] for k in kept]).any(dim=0)).max()) + 1
     slots, _, fan_in = lora_a[kept[0]].shape
     a_rows = torch.cat([lora_a[k][:, :rank].reshape(slots * rank, fan_in) for k in kept])
     slices = []
@@ -115,16 +117,10 @@ def build_dense_linear(
     return DenseLinear(Matrix(a_rows.to(dtype).t()), tuple(slices), slots, rank, macs_per_row)
 
 
-def _used_rank(lora_a: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor]) -> int:
-    """One past the highest rank index whose A row and B column are nonzero in some slot."""
-    used = [
-        (a.ne(0).any(dim=2) & b.ne(0).any(dim=1)).any(dim=0)
-        for a, b in zip(lora_a, lora_b, strict=True)
-    ]
-    if not used:
-        return 0
-    ranks = torch.nonzero(torch.stack(used).any(dim=0))
-    return int(ranks.max()) + 1 if ranks.numel() else 0
+def _used_ranks(lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+    """`(rank,)`: whether the A row and the B column of each rank index are nonzero in some
+    slot (in the same slot: otherwise that rank adds nothing)."""
+    return (lora_a.ne(0).any(dim=2) & lora_b.ne(0).any(dim=1)).any(dim=0)
 
 
 def slot_mask(

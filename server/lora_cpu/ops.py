@@ -296,24 +296,11 @@ class LinearWeights:
     _dense: dict[torch.dtype, dense.DenseLinear | None] = field(default_factory=dict)
 
     def dense_form(self, dtype: torch.dtype) -> dense.DenseLinear | None:
-        """The dense form in `dtype` (built on first use): the slices nonzero in some slot."""
+        """The dense form in `dtype` (built on first use)."""
         if dtype not in self._dense:
-            kept = [
-                k
-                for k, s in enumerate(self.slices)
-                if any(
-                    a and b
-                    for a, b in zip(self.shrink.nonzero[k], s.expand.nonzero[0], strict=True)
-                )
-            ]
             lora_a, lora_b = self.sources
             self._dense[dtype] = dense.build_dense_linear(
-                lora_a,
-                lora_b,
-                [s.size for s in self.slices],
-                [s.y_col for s in self.slices],
-                kept,
-                dtype,
+                lora_a, lora_b, [s.size for s in self.slices], [s.y_col for s in self.slices], dtype
             )
         return self._dense[dtype]
 
