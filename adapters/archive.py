@@ -2,7 +2,10 @@
 
 Nothing in an archive is trusted: the format is detected by magic bytes, every member path is
 checked before anything is written, links and special files are refused, and sizes are
-counted on the bytes actually decompressed (headers of zip bombs lie).
+counted on the bytes actually decompressed (headers of zip bombs lie). Limits act before the
+parsing they bound: a tar's extended headers are sized before `tarfile` reads them (its pax
+parser is quadratic on Python 3.11.7, CVE-2024-6232), and a zip's member count and central
+directory size are read from its end record before `zipfile` parses the directory.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import IO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,9 +25,21 @@ from adapters.errors import AdapterRejected
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 _IGNORED_TOP = "__MACOSX"  # resource forks added by macOS zip tools
 _CHUNK = 1 << 20
+_MAX_NAME_BYTES = 1024  # a member's whole path, well under PATH_MAX
+_MAX_PART_BYTES = 255  # one folder or file name (NAME_MAX)
 _TAR_HEADER_ALLOWANCE = 1 << 20  # decompressed tar headers and padding beyond member bytes
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# tarfile's pax parser runs regular expressions whose time grows with the square of one
+# header's size (CVE-2024-6232 on Python 3.11.7: ~20 ms at 4 KiB, ~4 s at 64 KiB); so one
+# extended header (pax records, GNU long name) is kept small, and all of them together too.
+MAX_EXTENDED_HEADER_BYTES = 4 << 10
+MAX_EXTENDED_HEADERS_TOTAL = 32 << 10
+# Bytes of zip central directory allowed per member: a 46-byte entry, its name and extras.
+_ZIP_DIRECTORY_ENTRY_BYTES = 1 << 10
+# zipfile's own end-record reader, so that the counts checked are the ones it will use.
+_zip_end_record: Any = zipfile._EndRecData  # type: ignore[attr-defined]
+_ZIP_ENTRIES, _ZIP_DIRECTORY_SIZE = 4, 5  # zipfile's _ECD_ENTRIES_TOTAL, _ECD_SIZE
 
 
 class ArchiveLimits(BaseModel):
@@ -55,7 +70,7 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Path:
     if magic.startswith(_GZIP_MAGIC):
         _extract_tar_gz(archive, writer, limits)
     elif magic in _ZIP_MAGICS:
-        _extract_zip(archive, writer)
+        _extract_zip(archive, writer, limits)
     else:
         raise AdapterRejected("upload is not a .tar.gz or .zip archive (unrecognised first bytes)")
     return _adapter_root(dest)
@@ -103,6 +118,13 @@ class _MemberWriter:
         if "\\" in name or name.startswith("/") or PurePosixPath(name).is_absolute():
             raise AdapterRejected(f"archive member {name!r} has an absolute or non-POSIX path")
         parts = [p for p in PurePosixPath(name).parts if p != "."]
+        if len(name.encode(errors="surrogateescape")) > _MAX_NAME_BYTES or any(
+            len(part.encode(errors="surrogateescape")) > _MAX_PART_BYTES for part in parts
+        ):
+            raise AdapterRejected(
+                f"archive member {name[:64]!r}... has a path over {_MAX_NAME_BYTES} bytes or a "
+                f"name over {_MAX_PART_BYTES} bytes"
+            )
         if ".." in parts:
             raise AdapterRejected(f"archive member {name!r} has '..' in its path")
         if not parts or parts[0] == _IGNORED_TOP:
@@ -149,7 +171,11 @@ def _extract_tar_gz(archive: Path, writer: _MemberWriter, limits: ArchiveLimits)
     try:
         with (
             gzip.open(archive, "rb") as raw,
-            tarfile.open(fileobj=_CappedReader(raw, cap), mode="r|") as tar,  # type: ignore[call-overload]
+            tarfile.open(  # type: ignore[call-overload]
+                fileobj=_CappedReader(raw, cap),
+                mode="r|",
+                tarinfo=_bounded_tar_info(_HeaderBudget()),
+            ) as tar,
         ):
             for member in tar:
                 writer.count()
@@ -168,6 +194,55 @@ def _extract_tar_gz(archive: Path, writer: _MemberWriter, limits: ArchiveLimits)
         raise AdapterRejected(f"archive is not a readable .tar.gz: {exc}") from exc
 
 
+class _HeaderBudget:
+    """The extended headers of one tar archive, charged before `tarfile` reads them."""
+
+    def __init__(self) -> None:
+        self._left = MAX_EXTENDED_HEADERS_TOTAL
+
+    def spend(self, header: tarfile.TarInfo) -> None:
+        """Refuse `header` if its data, or all extended headers so far, are over the limits."""
+        if header.size > MAX_EXTENDED_HEADER_BYTES:
+            raise AdapterRejected(
+                f"archive has an extended tar header (pax or long name) of {header.size} bytes, "
+                f"over the limit of {MAX_EXTENDED_HEADER_BYTES} bytes"
+            )
+        self._left -= tarfile.BLOCKSIZE + header.size  # an empty header still costs a block
+        if self._left < 0:
+            raise AdapterRejected(
+                "archive's extended tar headers (pax or long names) total more than "
+                f"{MAX_EXTENDED_HEADERS_TOTAL} bytes"
+            )
+
+
+def _bounded_tar_info(budget: _HeaderBudget) -> type[tarfile.TarInfo]:
+    """A TarInfo class that charges each extended header to `budget` before `tarfile` reads
+    it, and refuses sparse files (their maps drive more unbounded parsing)."""
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        def _proc_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+            budget.spend(self)
+            return super()._proc_pax(tar)  # type: ignore[misc]
+
+        def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+            budget.spend(self)
+            return super()._proc_gnulong(tar)  # type: ignore[misc]
+
+        def _proc_sparse(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+            raise _sparse_refused(self.name)
+
+        def _proc_gnusparse_00(self, member: tarfile.TarInfo, *_: object) -> None:
+            raise _sparse_refused(member.name)
+
+        _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+    return BoundedTarInfo
+
+
+def _sparse_refused(name: str) -> AdapterRejected:
+    return AdapterRejected(f"archive member {name!r} is a sparse file; pack regular files")
+
+
 def _check_tar_type(member: tarfile.TarInfo) -> None:
     if member.issym():
         raise AdapterRejected(f"archive member {member.name!r} is a symlink; links are refused")
@@ -179,22 +254,44 @@ def _check_tar_type(member: tarfile.TarInfo) -> None:
         raise AdapterRejected(f"archive member {member.name!r} is not a regular file or folder")
 
 
-def _extract_zip(archive: Path, writer: _MemberWriter) -> None:
+def _extract_zip(archive: Path, writer: _MemberWriter, limits: ArchiveLimits) -> None:
     try:
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                writer.count()
-                path = writer.target(info.filename)
-                _check_zip_type(info)
-                if path is None:
-                    continue
-                if info.is_dir():
-                    writer.write_dir(path)
-                    continue
-                with zf.open(info) as source:
-                    writer.write_file(path, source)
+        with archive.open("rb") as fh:
+            _check_zip_directory(fh, limits)
+            with zipfile.ZipFile(fh) as zf:
+                for info in zf.infolist():
+                    writer.count()
+                    path = writer.target(info.filename)
+                    _check_zip_type(info)
+                    if path is None:
+                        continue
+                    if info.is_dir():
+                        writer.write_dir(path)
+                        continue
+                    with zf.open(info) as source:
+                        writer.write_file(path, source)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         raise AdapterRejected(f"archive is not a readable .zip: {exc}") from exc
+
+
+def _check_zip_directory(fh: BinaryIO, limits: ArchiveLimits) -> None:
+    """Check the member count and central directory size that the zip's end record (zip64
+    included) announces, before `zipfile` reads and parses the directory."""
+    end = _zip_end_record(fh)
+    fh.seek(0)
+    if end is None:
+        raise AdapterRejected("archive is not a readable .zip: no end of central directory")
+    if end[_ZIP_ENTRIES] > limits.max_members:
+        raise AdapterRejected(
+            f"archive has {end[_ZIP_ENTRIES]} members, over the limit of {limits.max_members}; "
+            "pack only the adapter files"
+        )
+    directory_cap = limits.max_members * _ZIP_DIRECTORY_ENTRY_BYTES
+    if end[_ZIP_DIRECTORY_SIZE] > directory_cap:
+        raise AdapterRejected(
+            f"archive's central directory is {end[_ZIP_DIRECTORY_SIZE]} bytes, over the limit "
+            f"of {directory_cap} bytes ({_ZIP_DIRECTORY_ENTRY_BYTES} per member)"
+        )
 
 
 def _check_zip_type(info: zipfile.ZipInfo) -> None:

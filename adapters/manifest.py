@@ -15,8 +15,12 @@ from typing import Annotated, Any, TypedDict
 import jsonschema
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from adapters.json_input import json_problem
+
 MANIFEST_FILE = "hotswap.json"
 INPUT_PLACEHOLDER = "{input}"
+MAX_VERSION = 2**31 - 1
+"""The highest version number: versions are 32-bit signed integers in the database and gRPC."""
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -33,6 +37,18 @@ def check_adapter_name(name: str) -> str:
 AdapterName = Annotated[str, AfterValidator(check_adapter_name)]
 
 
+def _check_json(value: dict[str, Any]) -> dict[str, Any]:
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValueError(f"the value {problem}")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+"""A free-form JSON object: finite numbers, bounded depth."""
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
 class ChatMessage(TypedDict):
     """One chat message, in the shape chat templates and the OpenAI API take."""
 
@@ -43,7 +59,7 @@ class ChatMessage(TypedDict):
 class LoraSpec(BaseModel):
     """The LoRA shape, copied from `adapter_config.json` by the registry."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _MODEL_CONFIG
 
     rank: int = Field(gt=0)
     alpha: float
@@ -53,24 +69,24 @@ class LoraSpec(BaseModel):
 class TrainingInfo(BaseModel):
     """Where the adapter came from: evaluation metrics, data and knobs of its training run."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _MODEL_CONFIG
 
     metrics: dict[str, float] = Field(default_factory=dict)
     dataset_digest: str | None = None
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: JsonObject = Field(default_factory=dict)
 
 
 class TaskSpec(BaseModel):
     """How inputs are framed and what outputs look like for this adapter's task."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _MODEL_CONFIG
 
     system_message: str | None = None
     input_template: str = Field(
         default=INPUT_PLACEHOLDER,
         description="User message text; the literal `{input}` is replaced by the request input.",
     )
-    output_schema: dict[str, Any] | None = Field(
+    output_schema: JsonObject | None = Field(
         default=None, description="JSON Schema the output must satisfy (constrained decoding)."
     )
     labels: list[str] | None = Field(default=None, description="Closed set of output labels.")
@@ -133,10 +149,10 @@ class AdapterManifest(BaseModel):
     `version`, `digest`, `lora` and `created_at` are assigned by the registry, and `base_model`
     is checked against the served model's fingerprint when present, else filled in."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _MODEL_CONFIG
 
     name: AdapterName
-    version: int | None = Field(default=None, gt=0)
+    version: int | None = Field(default=None, gt=0, le=MAX_VERSION)
     digest: str | None = Field(default=None, description="sha256 of the PEFT files (hex).")
     base_model: str | None = Field(default=None, description="Base fingerprint, 'sha256:...'.")
     lora: LoraSpec | None = None

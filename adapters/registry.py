@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from adapters.archive import ArchiveLimits, extract_archive
 from adapters.base_spec import BaseModelSpec
 from adapters.errors import AdapterNotFound
-from adapters.manifest import AdapterManifest
+from adapters.manifest import MAX_VERSION, AdapterManifest
 from adapters.store import AdapterDetail, AdapterStore, AdapterVersion, compute_digest
 from adapters.validation import SchemaCheck, validate_adapter
 
@@ -46,9 +46,12 @@ class AdapterSummary(BaseModel):
 class AdapterRegistry:
     """Adapters stored under `home/adapters`, validated against the served base model.
 
-    Versions of a name are numbered 1, 2, ... and never renumbered or reused. The first
-    version registered under a name with nothing promoted is promoted automatically, so a
-    freshly uploaded adapter is servable by its bare name. Safe to call from several threads
+    Versions of a name are numbered 1, 2, ... (up to MAX_VERSION) and never renumbered or
+    reused; a version number from outside is range-checked before any database call. The
+    first version registered under a name with nothing promoted is promoted automatically
+    unless `register` is told not to (the server promotes only once the engine has loaded
+    it). A stored version that cannot be read is quarantined by the store: left out of
+    listing and resolving, and named as such when asked for. Safe to call from several threads
     and processes, and from several machines when they share `store_dir` and a PostgreSQL
     `database_url`: changes are serialised, reads never wait for an upload, and `resolve`
     reads the promoted version from the database, so a promote committed anywhere is seen
@@ -78,13 +81,19 @@ class AdapterRegistry:
         self._store.close()
 
     def register(
-        self, archive_path: Path, *, name: str | None = None, description: str | None = None
+        self,
+        archive_path: Path,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        promote_first: bool = True,
     ) -> RegisterResult:
         """Validate and store an uploaded `.tar.gz`/`.zip` of a PEFT LoRA folder.
 
         The name comes from `name`, else from the archive's `hotswap.json`; `description`
         likewise overrides the manifest's. Uploading what an existing version of that name
         already holds (same weights and manifest) returns that version with `created=False`.
+        `promote_first`: promote the new version when the name has nothing promoted.
         Raises AdapterRejected naming the problem; nothing is stored then.
         """
         with self._store.locked(), self._store.workspace() as work:
@@ -101,33 +110,45 @@ class AdapterRegistry:
             for existing in detail.versions if detail else []:
                 if existing.digest == digest and _same_upload(existing.manifest, manifest):
                     return RegisterResult(adapter=existing, created=False)
-            return RegisterResult(
-                adapter=self._store.add_version(manifest, folder, digest), created=True
-            )
+            added = self._store.add_version(manifest, folder, digest, promote_first=promote_first)
+            return RegisterResult(adapter=added, created=True)
 
     def list_adapters(self) -> list[AdapterSummary]:
-        """Every adapter name with its versions, by name."""
+        """Every adapter name with a readable version, with those versions, by name; the
+        promoted version is None while it is quarantined."""
         return [
             AdapterSummary(
                 name=detail.name,
-                promoted_version=detail.promoted_version,
+                promoted_version=None
+                if detail.promoted_version in detail.quarantined
+                else detail.promoted_version,
                 versions=[v.version for v in detail.versions],
                 description=_current(detail).manifest.description,
             )
             for detail in self._store.load_all()
+            if detail.versions
         ]
 
     def get(self, name: str) -> AdapterDetail:
-        """All versions of `name` and which one is promoted."""
+        """The readable versions of `name`, which one is promoted, and the quarantined ones."""
         detail = self._store.load(name)
         if detail is None:
             raise self._name_not_found(name)
+        if not detail.versions:
+            raise AdapterNotFound(
+                f"adapter {name!r} has no readable version: {_quarantine_list(detail)}"
+            )
         return detail
 
     def get_version(self, name: str, version: int) -> AdapterVersion:
-        """One version of `name`; the not-found message lists the versions that exist."""
+        """One version of `name`; the not-found message lists the versions that exist, or
+        says why the version is quarantined."""
+        _check_version(version)
         found = self._store.get_version(name, version)
         if found is None:
+            reason = self._store.quarantine_reason(name, version)
+            if reason is not None:
+                raise AdapterNotFound(_quarantined(name, version, reason))
             detail = self.get(name)
             versions = ", ".join(str(v.version) for v in detail.versions)
             raise AdapterNotFound(f"adapter {name!r} has no version {version}; it has {versions}")
@@ -152,14 +173,18 @@ class AdapterRegistry:
         promoted, or the earlier ones were deleted).
         """
         with self._store.locked():
-            self.get(name)
-            version = self._store.rollback(name)
-        return self.get_version(name, version)
+            target = self.rollback_target(name)
+            self._store.rollback(name)
+        return target
 
     def delete(self, name: str, version: int) -> None:
-        """Delete a version; AdapterConflict if it is the promoted one."""
+        """Delete a version, quarantined ones included; AdapterConflict if it is the
+        promoted one."""
+        _check_version(version)
         with self._store.locked():
-            self.get_version(name, version)
+            stored = self._store.get_version(name, version)
+            if stored is None and self._store.quarantine_reason(name, version) is None:
+                self.get_version(name, version)  # raises the not-found message
             self._store.delete(name, version)
 
     def resolve(self, ref: str) -> ResolvedAdapter:
@@ -168,24 +193,58 @@ class AdapterRegistry:
         if not pinned:
             found = self._store.get_promoted(name)
             if found is None:
-                raise self._name_not_found(name)
+                raise self._promoted_not_found(name)
             return found
         if not (version.isascii() and version.isdigit()):
             raise AdapterNotFound(
                 f"{ref!r} is not an adapter reference: use NAME or NAME@VERSION, e.g. 'intent@2'"
             )
+        if len(version) > len(str(MAX_VERSION)):  # before int(): no 5000-digit conversions
+            raise AdapterNotFound(_VERSION_RANGE)
         return self.get_version(name, int(version))
+
+    def _promoted_not_found(self, name: str) -> AdapterNotFound:
+        detail = self._store.load(name)
+        if detail is not None and detail.promoted_version in detail.quarantined:
+            promoted = detail.promoted_version
+            return AdapterNotFound(
+                _quarantined(name, promoted, detail.quarantined[promoted])
+                + f"; promote another version of {name!r}"
+            )
+        return self._name_not_found(name)
 
     def _name_not_found(self, name: str) -> AdapterNotFound:
         listing = ", ".join(
             f"{d.name} (versions {', '.join(str(v.version) for v in d.versions)}; "
             f"promoted {d.promoted_version})"
             for d in self._store.load_all()
+            if d.versions
         )
         return AdapterNotFound(
             f"no adapter named {name!r}; "
             + (f"registered: {listing}" if listing else "none are registered")
         )
+
+
+_VERSION_RANGE = f"adapter versions are whole numbers from 1 to {MAX_VERSION}"
+
+
+def _check_version(version: int) -> None:
+    """AdapterNotFound for a version number no adapter can have (the value is not echoed:
+    it may have thousands of digits)."""
+    if not 1 <= version <= MAX_VERSION:
+        raise AdapterNotFound(f"no such adapter version: {_VERSION_RANGE}")
+
+
+def _quarantined(name: str, version: int, reason: str) -> str:
+    return f"{name}@{version} is quarantined: {reason}"
+
+
+def _quarantine_list(detail: AdapterDetail) -> str:
+    return "; ".join(
+        _quarantined(detail.name, version, reason)
+        for version, reason in sorted(detail.quarantined.items())
+    )
 
 
 def _current(detail: AdapterDetail) -> AdapterVersion:

@@ -14,22 +14,27 @@ blob or temp folder, removed at the next open. Engine LoRA ids come from an auto
 (SQLite AUTOINCREMENT, a PostgreSQL sequence): never reused, even after deletes, so one id
 never stands for different bytes. Reads go to the database every time: a promote committed by
 any process is what the next `get_promoted` anywhere returns.
+
+A manifest is stored only once it reads back unchanged. A row that still cannot be read (a
+manifest invalid under today's model, a missing blob folder) is quarantined: logged once, left
+out of every read, and never an error for the other rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Row, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -43,9 +48,11 @@ from adapters.database import (
     versions,
     writer_lock,
 )
-from adapters.errors import AdapterConflict
+from adapters.errors import AdapterConflict, AdapterRejected
 from adapters.manifest import AdapterManifest
-from adapters.validation import ADAPTER_FILES
+from adapters.validation import ADAPTER_FILES, describe_errors
+
+logger = logging.getLogger(__name__)
 
 _VERSION_COLUMNS = (
     versions.c.lora_int_id,
@@ -87,13 +94,15 @@ class AdapterVersion(BaseModel):
 
 
 class AdapterDetail(BaseModel):
-    """One adapter name: its versions (oldest first) and the promoted one."""
+    """One adapter name: its readable versions (oldest first), the promoted one (which may be
+    quarantined) and the quarantined versions with the reason each cannot be read."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str
     promoted_version: int | None
     versions: list[AdapterVersion]
+    quarantined: dict[int, str] = Field(default_factory=dict)
 
 
 def compute_digest(folder: Path) -> str:
@@ -123,6 +132,7 @@ class AdapterStore:
         self._lock_path = root / "registry.lock"
         self._thread_lock = threading.Lock()
         self._manifests: dict[int, AdapterManifest] = {}  # rows are immutable, ids never reused
+        self._quarantined: dict[tuple[str, int], str] = {}  # (name, version) -> reason
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
         self._engine = open_database(url)
@@ -157,13 +167,7 @@ class AdapterStore:
         """The adapter `name`, or None if it has no versions."""
         with self._read() as conn:
             rows = conn.execute(_LOAD, {"name": name}).all()
-        if not rows:
-            return None
-        return AdapterDetail(
-            name=name,
-            promoted_version=rows[0].promoted,
-            versions=[self._version(row) for row in rows],
-        )
+        return self._detail(name, rows) if rows else None
 
     def load_all(self) -> list[AdapterDetail]:
         """Every adapter with at least one version, by name."""
@@ -172,32 +176,33 @@ class AdapterStore:
         found: dict[str, list[_AnyRow]] = {}
         for row in rows:
             found.setdefault(row.name, []).append(row)
-        return [
-            AdapterDetail(
-                name=name,
-                promoted_version=group[0].promoted,
-                versions=[self._version(row) for row in group],
-            )
-            for name, group in found.items()
-        ]
+        return [self._detail(name, group) for name, group in found.items()]
 
     def get_version(self, name: str, version: int) -> AdapterVersion | None:
+        """The version, or None when it does not exist or is quarantined."""
         with self._read() as conn:
             row = conn.execute(_GET_VERSION, {"name": name, "version": version}).first()
         return None if row is None else self._version(row)
 
     def get_promoted(self, name: str) -> AdapterVersion | None:
-        """The promoted version as the database holds it now: one query, one round trip."""
+        """The promoted version as the database holds it now: one query, one round trip.
+        None when nothing is promoted or the promoted version is quarantined."""
         with self._read() as conn:
             row = conn.execute(_GET_PROMOTED, {"name": name}).first()
         return None if row is None else self._version(row)
 
+    def quarantine_reason(self, name: str, version: int) -> str | None:
+        """Why `name@version` is quarantined, if a read of this store found it unreadable."""
+        return self._quarantined.get((name, version))
+
     # changes: call under locked()
 
-    def add_version(self, manifest: AdapterManifest, folder: Path, digest: str) -> AdapterVersion:
+    def add_version(
+        self, manifest: AdapterManifest, folder: Path, digest: str, *, promote_first: bool
+    ) -> AdapterVersion:
         """Store the PEFT files of `folder` as the next version of `manifest.name`.
 
-        The first version of a name with nothing promoted is promoted in the same transaction.
+        `promote_first`: promote it in the same transaction when the name has nothing promoted.
         """
         placed = self._place_blob(folder, digest)
         try:
@@ -216,7 +221,7 @@ class AdapterStore:
                     "name": manifest.name,
                     "version": version,
                     "digest": digest,
-                    "manifest": stored.model_dump_json(),
+                    "manifest": _readable_json(stored),
                     "created_at": created_at.isoformat(),
                 }
                 row = conn.execute(
@@ -225,13 +230,16 @@ class AdapterStore:
                 conn.execute(
                     update(names).where(names.c.name == manifest.name).values(last_version=version)
                 )
-                if promoted is None:
+                if promote_first and promoted is None:
                     self._set_promoted(conn, manifest.name, version)
         except BaseException:
             if placed:
                 shutil.rmtree(self._blobs / digest, ignore_errors=True)
             raise
-        return self._version(row)
+        self._manifests[row.lora_int_id] = stored
+        added = self._version(row)
+        assert added is not None  # its manifest reads back and its blob is in place
+        return added
 
     def promote(self, name: str, version: int) -> None:
         """Serve `version` for the bare name; recorded in the history that `rollback` unwinds."""
@@ -330,20 +338,57 @@ class AdapterStore:
         conn.execute(update(names).where(names.c.name == name).values(promoted=version))
         conn.execute(promotions.insert().values(name=name, version=version))
 
-    def _version(self, row: _AnyRow) -> AdapterVersion:
-        manifest = self._manifests.get(row.lora_int_id)
-        if manifest is None:
-            manifest = AdapterManifest.model_validate_json(row.manifest)
-            self._manifests[row.lora_int_id] = manifest
-        return AdapterVersion(
-            name=row.name,
-            version=row.version,
-            lora_int_id=row.lora_int_id,
-            digest=row.digest,
-            path=self._blobs / row.digest,
-            created_at=datetime.fromisoformat(row.created_at),
-            manifest=manifest,
+    def _detail(self, name: str, rows: Sequence[_AnyRow]) -> AdapterDetail:
+        readable = [(row.version, self._version(row)) for row in rows]
+        return AdapterDetail(
+            name=name,
+            promoted_version=rows[0].promoted,
+            versions=[version for _, version in readable if version is not None],
+            quarantined={
+                number: self._quarantined[(name, number)]
+                for number, version in readable
+                if version is None
+            },
         )
+
+    def _version(self, row: _AnyRow) -> AdapterVersion | None:
+        """The row as a version, or None when it is quarantined (logged the first time)."""
+        key = (row.name, row.version)
+        if key in self._quarantined:
+            return None
+        try:
+            manifest = self._manifests.get(row.lora_int_id)
+            if manifest is None:
+                manifest = AdapterManifest.model_validate_json(row.manifest)
+                self._manifests[row.lora_int_id] = manifest
+            version = AdapterVersion(
+                name=row.name,
+                version=row.version,
+                lora_int_id=row.lora_int_id,
+                digest=row.digest,
+                path=self._blobs / row.digest,
+                created_at=datetime.fromisoformat(row.created_at),
+                manifest=manifest,
+            )
+        except ValidationError as exc:
+            reason = f"its manifest is invalid: {describe_errors(exc)}"
+        except (ValueError, TypeError, RecursionError) as exc:
+            reason = f"its row is unreadable ({type(exc).__name__})"
+        else:
+            if version.path.is_dir():
+                return version
+            reason = f"its files are missing (blobs/{row.digest})"
+        self._quarantine(key, reason)
+        return None
+
+    def _quarantine(self, key: tuple[str, int], reason: str) -> None:
+        if self._quarantined.setdefault(key, reason) is reason:
+            logger.error(
+                "Quarantined adapter %s@%d: %s. It is left out of listing and resolving; "
+                "delete it or promote another version.",
+                *key,
+                reason,
+            )
 
     def _place_blob(self, folder: Path, digest: str) -> bool:
         """Put the PEFT files at blobs/<digest>, durably; False if they were already there."""
@@ -371,6 +416,18 @@ class AdapterStore:
         for blob in self._blobs.iterdir():
             if blob.name not in used:
                 shutil.rmtree(blob, ignore_errors=True)
+
+
+def _readable_json(manifest: AdapterManifest) -> str:
+    """`manifest` as stored JSON, refused unless it reads back as the same manifest."""
+    text = manifest.model_dump_json()
+    try:
+        readable = AdapterManifest.model_validate_json(text) == manifest
+    except ValidationError as exc:
+        raise AdapterRejected(f"the manifest cannot be stored: {describe_errors(exc)}") from exc
+    if not readable:
+        raise AdapterRejected("the manifest cannot be stored: it does not read back unchanged")
+    return text
 
 
 def _copy_synced(source: Path, target: Path) -> None:

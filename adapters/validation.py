@@ -6,8 +6,9 @@ over the engine's maximum) is refused here with a message naming the problem.
 
 from __future__ import annotations
 
-import json
+import math
 import re
+import reprlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from adapters.base_spec import BaseModelSpec
 from adapters.errors import AdapterRejected
+from adapters.json_input import read_json_object
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, LoraSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -58,12 +60,7 @@ def read_lora_config(path: Path, base: BaseModelSpec) -> LoraSpec:
             f"{ADAPTER_CONFIG} is missing: upload a PEFT LoRA folder "
             f"({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) as .tar.gz or .zip"
         )
-    try:
-        config = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterRejected(f"{ADAPTER_CONFIG} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise AdapterRejected(f"{ADAPTER_CONFIG} must be a JSON object")
+    config = read_json_object(path, ADAPTER_CONFIG)
     if config.get("peft_type") != "LORA":
         raise AdapterRejected(
             f"{ADAPTER_CONFIG} has peft_type {config.get('peft_type')!r}; only LORA adapters are "
@@ -78,8 +75,10 @@ def read_lora_config(path: Path, base: BaseModelSpec) -> LoraSpec:
             f"retrain with r <= {base.max_lora_rank}"
         )
     alpha = config.get("lora_alpha", 8)  # PEFT's default
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        raise AdapterRejected(f"{ADAPTER_CONFIG} has lora_alpha={alpha!r}; it must be a number")
+    if not _is_finite_number(alpha):
+        raise AdapterRejected(
+            f"{ADAPTER_CONFIG} has lora_alpha={reprlib.repr(alpha)}; it must be a finite number"
+        )
     targets = config.get("target_modules")
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise AdapterRejected(
@@ -94,6 +93,15 @@ def read_lora_config(path: Path, base: BaseModelSpec) -> LoraSpec:
         )
     _check_supported_features(config)
     return LoraSpec(rank=rank, alpha=alpha, target_modules=sorted(set(targets)))
+
+
+def _is_finite_number(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _check_supported_features(config: dict[str, Any]) -> None:
@@ -194,12 +202,7 @@ def read_manifest(
     """Parse the uploaded hotswap.json (optional) and complete it for this base model."""
     data: dict[str, Any] = {}
     if path.is_file():
-        try:
-            data = json.loads(path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AdapterRejected(f"{MANIFEST_FILE} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise AdapterRejected(f"{MANIFEST_FILE} must be a JSON object")
+        data = read_json_object(path, MANIFEST_FILE)
     data = {key: value for key, value in data.items() if key not in _REGISTRY_FIELDS}
     if name is not None:
         data["name"] = name
@@ -219,8 +222,12 @@ def read_manifest(
     try:
         return AdapterManifest.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'manifest'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise AdapterRejected(f"adapter manifest is invalid: {problems}") from exc
+        raise AdapterRejected(f"adapter manifest is invalid: {describe_errors(exc)}") from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A pydantic error as one line: each problem's field path and message."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}"
+        for error in exc.errors()
+    )

@@ -8,10 +8,12 @@ import logging
 import time
 from pathlib import Path
 
+from adapters.errors import AdapterError, AdapterRejected
 from adapters.registry import AdapterRegistry, AdapterSummary, RegisterResult
 from adapters.store import AdapterDetail, AdapterVersion
 from server.catalog import lora_target
 from server.engine import Engine
+from server.errors import HotswapError
 from server.metrics import instruments as m
 
 logger = logging.getLogger(__name__)
@@ -21,8 +23,10 @@ class AdapterService:
     """Upload, promote, roll back and delete adapters without failing a request.
 
     A version is loaded into the engine (and has served one token) before the name points
-    at it. Requests already running keep the version they resolved at their start: each
-    version has its own engine id, so a swap never changes what a running request uses.
+    at it, the first version of a name included. Requests already running keep the version
+    they resolved at their start: each version has its own engine id, so a swap never
+    changes what a running request uses. Registry calls (database, cross-process locks) run
+    in worker threads, never on the event loop.
     """
 
     def __init__(self, registry: AdapterRegistry, engine: Engine) -> None:
@@ -33,29 +37,41 @@ class AdapterService:
     async def upload(
         self, archive: Path, *, name: str | None = None, description: str | None = None
     ) -> RegisterResult:
-        """Validate and store an archive; a first version is promoted, and so loaded."""
+        """Validate and store an archive unpromoted. When the name has nothing promoted, the
+        version is loaded into the engine, then promoted; if the engine cannot load it, it
+        stays stored unpromoted and the error says so."""
         async with self._changes:
             result = await asyncio.to_thread(
-                self._registry.register, archive, name=name, description=description
+                self._registry.register,
+                archive,
+                name=name,
+                description=description,
+                promote_first=False,
             )
-            if self._registry.get(result.adapter.name).promoted_version == result.adapter.version:
-                await self._load(result.adapter)
+            stored = result.adapter
+            detail = await asyncio.to_thread(self._registry.get, stored.name)
+            if detail.promoted_version is None:
+                await self._load(stored)
+                await asyncio.to_thread(self._registry.promote, stored.name, stored.version)
+                logger.info(
+                    "Promoted %s@%d, the first servable version", stored.name, stored.version
+                )
             return result
 
-    def list_adapters(self) -> list[AdapterSummary]:
-        return self._registry.list_adapters()
+    async def list_adapters(self) -> list[AdapterSummary]:
+        return await asyncio.to_thread(self._registry.list_adapters)
 
-    def get(self, name: str) -> AdapterDetail:
-        return self._registry.get(name)
+    async def get(self, name: str) -> AdapterDetail:
+        return await asyncio.to_thread(self._registry.get, name)
 
-    def get_version(self, name: str, version: int) -> AdapterVersion:
-        return self._registry.get_version(name, version)
+    async def get_version(self, name: str, version: int) -> AdapterVersion:
+        return await asyncio.to_thread(self._registry.get_version, name, version)
 
     async def promote(self, name: str, version: int) -> AdapterVersion:
         """Load `name@version`, then make it the version the bare name serves."""
         async with self._changes:
-            await self._load(self._registry.get_version(name, version))
-            promoted = self._registry.promote(name, version)
+            await self._load(await self.get_version(name, version))
+            promoted = await asyncio.to_thread(self._registry.promote, name, version)
         m.ADAPTER_SWAPS.labels(name, "promote").inc()
         logger.info("Promoted %s@%d", name, version)
         return promoted
@@ -63,8 +79,8 @@ class AdapterService:
     async def rollback(self, name: str) -> AdapterVersion:
         """Load the previously promoted version, then promote it again."""
         async with self._changes:
-            await self._load(self._registry.rollback_target(name))
-            restored = self._registry.rollback(name)
+            await self._load(await asyncio.to_thread(self._registry.rollback_target, name))
+            restored = await asyncio.to_thread(self._registry.rollback, name)
         m.ADAPTER_SWAPS.labels(name, "rollback").inc()
         logger.info("Rolled %s back to version %d", name, restored.version)
         return restored
@@ -78,16 +94,32 @@ class AdapterService:
 
     async def warm_promoted(self, limit: int) -> None:
         """At start and after an engine restart, load up to `limit` promoted versions
-        before serving."""
+        before serving. A version that cannot be resolved or loaded is logged and skipped;
+        an engine that is down stops the warm-up."""
         async with self._changes:
-            promoted = [s for s in self._registry.list_adapters() if s.promoted_version is not None]
+            adapters = await asyncio.to_thread(self._registry.list_adapters)
+            promoted = [s for s in adapters if s.promoted_version is not None]
             for summary in promoted[:limit]:
-                await self._load(self._registry.resolve(summary.name))
+                try:
+                    await self._load(await asyncio.to_thread(self._registry.resolve, summary.name))
+                except AdapterError as exc:
+                    logger.error("Not warming adapter %s: %s", summary.name, exc)
 
     async def _load(self, version: AdapterVersion) -> None:
-        """Load a version into the engine (timed, counted) before anything points at it."""
+        """Load a version into the engine (timed, counted) before anything points at it.
+        Raises EngineUnavailable when the engine is down, AdapterRejected when it cannot
+        load this version."""
         started = time.perf_counter()
-        await self._engine.load_lora(lora_target(version))
+        try:
+            await self._engine.load_lora(lora_target(version))
+        except HotswapError:
+            raise
+        except Exception as exc:
+            logger.exception("The engine could not load %s@%d", version.name, version.version)
+            raise AdapterRejected(
+                f"the engine could not load {version.name}@{version.version} "
+                f"({type(exc).__name__}, details in the server log); it is stored, not served"
+            ) from exc
         m.ADAPTER_LOAD_SECONDS.labels(version.name).observe(time.perf_counter() - started)
         m.ADAPTER_LOADS.labels(version.name).inc()
         m.ADAPTERS_LOADED.set(len(await self._engine.loaded_loras()))

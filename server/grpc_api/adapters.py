@@ -61,14 +61,14 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer, GuardedServicer):
     async def ListAdapters(  # noqa: N802 (gRPC method name)
         self, request: pb.ListAdaptersRequest, context: Any
     ) -> pb.ListAdaptersResponse:
-        adapters = self.ready().adapters.list_adapters()
+        adapters = await self.ready().adapters.list_adapters()
         return pb.ListAdaptersResponse(adapters=[summary(a) for a in adapters])
 
     @guarded(Role.ADMIN)
     async def GetAdapter(  # noqa: N802 (gRPC method name)
         self, request: pb.GetAdapterRequest, context: Any
     ) -> pb.Adapter:
-        detail = self.ready().adapters.get(request.name)
+        detail = await self.ready().adapters.get(request.name)
         message = pb.Adapter(name=detail.name, versions=[version(v) for v in detail.versions])
         if detail.promoted_version is not None:
             message.promoted_version = detail.promoted_version
@@ -78,7 +78,7 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer, GuardedServicer):
     async def GetAdapterVersion(  # noqa: N802 (gRPC method name)
         self, request: pb.GetAdapterVersionRequest, context: Any
     ) -> pb.AdapterVersion:
-        return version(self.ready().adapters.get_version(request.name, request.version))
+        return version(await self.ready().adapters.get_version(request.name, request.version))
 
     @guarded(Role.ADMIN)
     async def PromoteAdapter(  # noqa: N802 (gRPC method name)

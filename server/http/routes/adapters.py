@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request, Response, UploadFile
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
+from adapters.manifest import MAX_VERSION
 from adapters.registry import AdapterSummary
 from adapters.store import AdapterVersion
 from server.adapter_service import AdapterService
@@ -20,6 +22,7 @@ from server.requests import save_capped
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
 Service = Annotated[AdapterService, Depends(get_adapter_service)]
+Version = Annotated[int, PathParam(ge=1, le=MAX_VERSION, description="A version number.")]
 _CHUNK = 1 << 20
 
 
@@ -54,7 +57,7 @@ class UploadView(VersionView):
 
 
 class PromoteBody(BaseModel):
-    version: int = Field(gt=0)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 @router.post("", status_code=201)
@@ -85,12 +88,12 @@ async def _chunks(file: UploadFile) -> AsyncIterator[bytes]:
 
 @router.get("")
 async def list_adapters(service: Service) -> list[AdapterSummary]:
-    return service.list_adapters()
+    return await service.list_adapters()
 
 
 @router.get("/{name}")
 async def get_adapter(name: str, service: Service) -> AdapterView:
-    detail = service.get(name)
+    detail = await service.get(name)
     return AdapterView(
         name=detail.name,
         promoted_version=detail.promoted_version,
@@ -99,8 +102,8 @@ async def get_adapter(name: str, service: Service) -> AdapterView:
 
 
 @router.get("/{name}/versions/{version}")
-async def get_version(name: str, version: int, service: Service) -> VersionView:
-    return VersionView.of(service.get_version(name, version))
+async def get_version(name: str, version: Version, service: Service) -> VersionView:
+    return VersionView.of(await service.get_version(name, version))
 
 
 @router.post("/{name}/promote")
@@ -116,6 +119,6 @@ async def rollback(name: str, service: Service) -> VersionView:
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)
-async def delete_version(name: str, version: int, service: Service) -> None:
+async def delete_version(name: str, version: Version, service: Service) -> None:
     """Delete a version; 409 while it is the promoted one."""
     await service.delete(name, version)

@@ -15,5 +15,5 @@ router = APIRouter(prefix="/v1/adapters", tags=["stats"])
 @router.get("/{name}/stats")
 async def stats(name: str, state: Annotated[ServerState, Depends(get_state)]) -> AdapterStats:
     """Validity, label counts and drift of one adapter (the figures /metrics exports)."""
-    state.adapters.get(name)  # 404 for an unknown adapter
+    await state.adapters.get(name)  # 404 for an unknown adapter
     return adapter_stats(name, state.labels)
