@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jinja2
+
 from adapters.json_grammar import structured_outputs_kwargs
 from server.base_model import BaseModel
 from server.errors import EngineUnavailable, InvalidRequest
@@ -39,6 +41,11 @@ class LoraTarget:
     name: str
     lora_int_id: int
     path: Path
+
+
+# vLLM seeds a torch generator (64-bit; its newer model runner keeps seeds in an int64 array)
+# and reads -1 as "no seed": a seed is 0 to 2**63 - 1.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -224,19 +231,24 @@ class Engine:
             task.cancel()
 
     def render_chat(self, messages: Sequence[Mapping[str, object]]) -> list[int]:
-        """Token ids of a chat conversation framed by the model's chat template."""
+        """Token ids of a chat conversation framed by the model's chat template. A template
+        error is the messages' fault (the template refuses their roles or order): 422 with a
+        fixed message, its text logged only. Blocks (CPU): call it from a worker thread."""
         self._require()
         try:
             text = self._tokenizer.apply_chat_template(
                 list(messages), add_generation_prompt=True, tokenize=False
             )
-        except Exception as exc:  # template errors are caused by the messages
+        except jinja2.TemplateError as exc:
+            logger.info("The chat template refused a request's messages: %s", exc)
             raise InvalidRequest(
-                f"The messages cannot be rendered by the chat template: {exc}"
-            ) from exc
+                "The messages cannot be rendered by the model's chat template; check their "
+                "roles and order (some templates need user and assistant turns to alternate)."
+            ) from None
         return self.tokenize(text)
 
     def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`. Blocks (CPU): call it from a worker thread for a request."""
         self._require()
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
@@ -275,6 +287,7 @@ class Engine:
     ) -> AsyncIterator[Chunk]:
         """Run one request; yields new text as it is produced. Closing the iterator early
         (client gone, deadline) aborts the request in the engine."""
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
@@ -321,8 +334,8 @@ class Engine:
                     )
         except EngineDeadError as exc:
             raise EngineUnavailable(_DIED) from exc
-        except ValueError as exc:  # vLLM's request validation (e.g. a schema it rejects)
-            raise InvalidRequest(str(exc)) from exc
+        except (ValueError, VLLMClientError) as exc:  # vLLM's request validation
+            raise InvalidRequest(f"The engine refused the request: {exc}") from exc
         except Exception as exc:  # whatever a call met while the core went down
             if not llm.errored:
                 raise

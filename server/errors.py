@@ -45,3 +45,14 @@ class PayloadTooLarge(HotswapError):
 class QueueFull(HotswapError):
     status = 429
     code = "queue_full"
+
+
+class InternalError(HotswapError):
+    """A fault nothing else handled: the message gives the caller only the request id to look
+    up in the server log, never internal text."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, request_id: str | None) -> None:
+        super().__init__(f"Internal error; see the server log (request id {request_id}).")

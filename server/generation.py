@@ -4,14 +4,16 @@ HTTP and gRPC both call this module."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.catalog import ModelCatalog, ServedModel
-from server.engine import Chunk, Engine, Sampling
+from server.engine import MAX_SEED, Chunk, Engine, Sampling
 from server.errors import HotswapError, InvalidRequest, PromptTooLong, QueueFull
 from server.metrics.instruments import SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
 from server.metrics.labels import LabelTracker
@@ -70,6 +72,13 @@ class GenerationResult:
 class GenerationService:
     """Turns `GenerationRequest`s into engine runs."""
 
+    # A prompt longer than this many characters per token of the context is refused before it
+    # is tokenized. Tokens of English text average about 4 characters; 16 leaves room for
+    # long ones (runs of spaces, code indentation) and still bounds tokenizing to milliseconds.
+    PROMPT_CHARS_PER_TOKEN = 16
+    # Model references remembered for the adapter label of their refusals (least recent out).
+    REMEMBERED_REFS = 1024
+
     def __init__(
         self,
         engine: Engine,
@@ -79,19 +88,22 @@ class GenerationService:
         max_in_flight: int,
         labels: LabelTracker,
         schemas: SchemaPolicy | None = None,
+        max_prompt_chars: int | None = None,
     ) -> None:
         """`schemas` admits and judges JSON Schemas; the default bounds and validates them but
-        runs no compile guard (the server always passes one built on its guard)."""
+        runs no compile guard (the server always passes one built on its guard).
+        `max_prompt_chars` unset: `PROMPT_CHARS_PER_TOKEN` per token of `max_model_len`."""
         self._engine = engine
         self._schemas = schemas if schemas is not None else SchemaPolicy(None)
         self._catalog = catalog
         self._max_model_len = max_model_len
+        self._max_prompt_chars = max_prompt_chars or self.PROMPT_CHARS_PER_TOKEN * max_model_len
         self._default_max_tokens = default_max_tokens
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._labels = labels
-        # model references that resolved once -> the adapter label their metrics carry
-        self._metric_names: dict[str | None, str] = {None: catalog.base.name}
+        # model references that resolved -> the adapter label their metrics carry
+        self._metric_names: OrderedDict[str | None, str] = OrderedDict({None: catalog.base.name})
 
     async def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Resolve, frame, admit the schema of and budget a request; raises a `HotswapError`
@@ -99,20 +111,26 @@ class GenerationService:
         sandbox here, before the engine sees it; with one, `max_tokens` is at least what its
         longest document needs (unset: exactly that), so a document is never cut."""
         try:
-            return await self._prepare(request)
+            if self._in_flight >= self._max_in_flight:
+                raise QueueFull(
+                    f"{self._in_flight} requests are in flight, the limit is "
+                    f"{self._max_in_flight}; retry later."
+                )
+            self._in_flight += 1  # a request being prepared (in worker threads) counts too
+            try:
+                return await self._prepare(request)
+            finally:
+                self._in_flight -= 1
         except HotswapError as exc:
             adapter = self._metric_names.get(request.model, UNKNOWN_ADAPTER)
             record_refusal(adapter, request.protocol, request.route, exc.code)
             raise
 
     async def _prepare(self, request: GenerationRequest) -> PreparedRequest:
-        if self._in_flight >= self._max_in_flight:
-            raise QueueFull(
-                f"{self._in_flight} requests are in flight, the limit is {self._max_in_flight}; "
-                "retry later."
-            )
-        model = self._catalog.resolve(request.model)
-        self._metric_names[request.model] = model.name
+        self._check_length(request)
+        # The registry is a database and tokenizing takes CPU time: both run off the loop.
+        model = await asyncio.to_thread(self._catalog.resolve, request.model)
+        self._remember(request.model, model.name)
         schema = request.json_schema
         messages = request.messages
         if request.task_input is not None:
@@ -125,9 +143,9 @@ class GenerationService:
             if schema is None and task is not None:
                 schema = task.output_schema
         if messages is not None:
-            prompt_ids = self._engine.render_chat(messages)
+            prompt_ids = await asyncio.to_thread(self._engine.render_chat, messages)
         elif request.prompt is not None:
-            prompt_ids = self._engine.tokenize(request.prompt)
+            prompt_ids = await asyncio.to_thread(self._engine.tokenize, request.prompt)
         else:
             raise InvalidRequest("The request has no input.")
         if not prompt_ids:
@@ -156,6 +174,30 @@ class GenerationService:
             route=request.route,
             schema=admitted,
         )
+
+    def _check_length(self, request: GenerationRequest) -> None:
+        """Refuse a prompt over `max_prompt_chars` characters, before any work on it."""
+        if request.messages is not None:
+            field, chars = "messages", sum(len(str(m.get("content", ""))) for m in request.messages)
+        elif request.prompt is not None:
+            field, chars = "prompt", len(request.prompt)
+        elif request.task_input is not None:
+            field, chars = "input", len(request.task_input)
+        else:
+            return
+        if chars > self._max_prompt_chars:
+            raise PromptTooLong(
+                f"`{field}` is {chars} characters long, over the limit of "
+                f"{self._max_prompt_chars} characters."
+            )
+
+    def _remember(self, ref: str | None, name: str) -> None:
+        """Remember that `ref` names the adapter `name`, forgetting the least recent ref past
+        `REMEMBERED_REFS` (a caller can spell one adapter in many ways)."""
+        self._metric_names[ref] = name
+        self._metric_names.move_to_end(ref)
+        if len(self._metric_names) > self.REMEMBERED_REFS:
+            self._metric_names.popitem(last=False)
 
     def _budget(
         self,
@@ -203,7 +245,7 @@ class GenerationService:
         async with aclosing(self._attempt(prepared, request_id, result)) as chunks:
             async for chunk in chunks:
                 yield chunk
-        outcome = self._judge(prepared, result, retrying=False)
+        outcome = await self._judge(prepared, result, retrying=False)
         if outcome is not None and not outcome.valid and prepared.schema is not None:
             raise self._schemas.violation(prepared.schema, outcome, attempts=1)
 
@@ -220,7 +262,7 @@ class GenerationService:
             async with aclosing(self._attempt(run, run_id, result)) as chunks:
                 async for _ in chunks:
                     pass
-            outcome = self._judge(prepared, result, retrying=attempt < retries)
+            outcome = await self._judge(prepared, result, retrying=attempt < retries)
             if outcome is None or outcome.valid:
                 return result
         assert prepared.schema is not None and outcome is not None
@@ -256,15 +298,16 @@ class GenerationService:
             recorder.finish(status, result.prompt_tokens, result.completion_tokens)
         result.text = "".join(parts)
 
-    def _judge(
+    async def _judge(
         self, prepared: PreparedRequest, result: GenerationResult, retrying: bool
     ) -> ValidationOutcome | None:
         """Validate the output against the user's original schema; count its outcome (an
-        invalid one about to be retried counts as `retried`) and its labels."""
+        invalid one about to be retried counts as `retried`) and its labels. It runs in the
+        policy's validation sandbox, off the event loop."""
         admitted = prepared.schema
         if admitted is None:
             return None
-        outcome = self._schemas.judge(admitted, result.text)
+        outcome = await self._schemas.judge(admitted, result.text)
         result.output, result.valid = outcome.document, outcome.valid
         name = prepared.model.name
         if outcome.valid:
@@ -280,7 +323,7 @@ def _retry(prepared: PreparedRequest, attempt: int) -> PreparedRequest:
     sampling = prepared.sampling
     retry = dataclasses.replace(
         sampling,
-        seed=(sampling.seed or 0) + attempt,
+        seed=((sampling.seed or 0) + attempt) % (MAX_SEED + 1),
         temperature=max(sampling.temperature, RETRY_MIN_TEMPERATURE),
     )
     return dataclasses.replace(prepared, sampling=retry)

@@ -10,12 +10,11 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -52,16 +51,31 @@ def configure_logging(level: str, json_format: bool) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-async def request_id_middleware(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Give the request an id for the logs, and echo it in the response."""
-    offered = request.headers.get(REQUEST_ID_HEADER, "")
-    current = offered if _CLIENT_ID.fullmatch(offered) else uuid.uuid4().hex
-    token = request_id.set(current)
-    try:
-        response = await call_next(request)
-    finally:
-        request_id.reset(token)
-    response.headers[REQUEST_ID_HEADER] = current
-    return response
+def current_or_new(offered: str | None) -> str:
+    """The client's id when it is sane (`[A-Za-z0-9._:-]`, at most 128), else a new one."""
+    return offered if offered and _CLIENT_ID.fullmatch(offered) else uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """ASGI middleware: give the request an id for the logs, and echo it in the response.
+    Outermost, so that refusals at the edge and the catch-all's log lines carry it too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        current = current_or_new(Headers(scope=scope).get(REQUEST_ID_HEADER))
+
+        async def tag(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = current
+            await send(message)
+
+        token = request_id.set(current)
+        try:
+            await self.app(scope, receive, tag)
+        finally:
+            request_id.reset(token)

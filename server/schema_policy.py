@@ -3,15 +3,18 @@ the sandbox before the engine sees it, every document fits its token budget, and
 validates against the user's own schema or is an error.
 
 `SchemaPolicy.admit` runs before generation (refusals and budget problems are 422s);
-`SchemaPolicy.judge` runs after it, against the ORIGINAL schema (the engine got the bounded one).
+`SchemaPolicy.judge` runs after it, against the ORIGINAL schema (the engine got the bounded one),
+in the validation guard's killable workers: a validation over its deadline is a 422, never a
+stalled server. Either sandbox with too many calls waiting answers 429 (`QueueFull`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server.errors import EngineUnavailable, InvalidRequest, PromptTooLong
+from server.errors import EngineUnavailable, InvalidRequest, PromptTooLong, QueueFull
 from server.structured import (
     CompileVerdict,
     PreparedSchema,
@@ -19,6 +22,7 @@ from server.structured import (
     SchemaLimits,
     SchemaRefusedError,
     ValidationOutcome,
+    WorkersBusy,
     prepare_schema,
     validate_document,
 )
@@ -46,10 +50,22 @@ class SchemaViolation(InvalidRequest):
     code = "schema_violation"
 
 
+class SchemaValidationRefused(InvalidRequest):
+    """Validating the document exceeded the validation sandbox's time or memory limit."""
+
+    code = "schema_validation_limit"
+
+
 class CompileChecker(Protocol):
     """What the policy needs of `server.structured.CompileGuard`."""
 
     async def check(self, schema: Any) -> CompileVerdict: ...
+
+
+class DocumentValidator(Protocol):
+    """What the policy needs of `server.structured.ValidationGuard`."""
+
+    async def validate(self, schema: dict[str, Any] | bool, text: str) -> ValidationOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -77,11 +93,14 @@ class SchemaPolicy:
         guard: CompileChecker | None,
         limits: SchemaLimits | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        validator: DocumentValidator | None = None,
     ) -> None:
-        """`guard=None` bounds and validates but neither compiles nor budgets (tests only)."""
+        """`guard=None` bounds and validates but neither compiles nor budgets;
+        `validator=None` validates in a thread without a deadline (both: tests only)."""
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self._guard = guard
+        self._validator = validator
         self.limits = limits or SchemaLimits()
         self.max_retries = max_retries
 
@@ -96,6 +115,8 @@ class SchemaPolicy:
             return AdmittedSchema(prepared, None)
         try:
             verdict = await self._guard.check(prepared.bounded)
+        except WorkersBusy as exc:
+            raise QueueFull(f"Too many schemas are being checked: {exc}.") from exc
         except RuntimeError as exc:  # the guard is closed or cannot start a worker
             raise EngineUnavailable(f"Schemas cannot be checked right now: {exc}") from exc
         if not verdict.ok:
@@ -133,10 +154,24 @@ class SchemaPolicy:
             )
         return budget
 
-    @staticmethod
-    def judge(admitted: AdmittedSchema, text: str) -> ValidationOutcome:
-        """Validate a generated document against the user's original schema."""
-        return validate_document(admitted.original, text)
+    async def judge(self, admitted: AdmittedSchema, text: str) -> ValidationOutcome:
+        """Validate a generated document against the user's original schema, off the event
+        loop; raises `SchemaValidationRefused` (422) when validation exceeds the sandbox's
+        limits, `QueueFull` (429) when too many validations wait, `EngineUnavailable` (503)
+        when the sandbox cannot run."""
+        if self._validator is None:
+            return await asyncio.to_thread(validate_document, admitted.original, text)
+        try:
+            return await self._validator.validate(admitted.original, text)
+        except SchemaRefusedError as exc:
+            raise SchemaValidationRefused(
+                f"The generated document could not be checked against the JSON Schema: "
+                f"{exc.message}; simplify the schema."
+            ) from exc
+        except WorkersBusy as exc:
+            raise QueueFull(f"Too many documents are being validated: {exc}.") from exc
+        except RuntimeError as exc:  # the validation guard is closed or cannot start a worker
+            raise EngineUnavailable(f"Documents cannot be validated right now: {exc}") from exc
 
     @staticmethod
     def violation(

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(
         default=256, ge=1, description="max_tokens of a request that does not set it."
     )
+    max_prompt_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="Longest prompt (text, or all messages' contents) in characters, refused "
+        "before it is tokenized; unset: 16 characters per token of max_model_len.",
+    )
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences scheduled per step.")
     structured_outputs_backend: StructuredBackend = Field(
         default="outlines", description="Constrained-decoding backend."
@@ -72,6 +78,29 @@ class Settings(BaseSettings):
     )
     schema_compile_memory_mb: int = Field(
         default=2048, ge=64, description="Address-space limit of the schema compile sandbox, MB."
+    )
+    schema_compile_max_waiting: int = Field(
+        default=16,
+        ge=0,
+        description="Schema compilations that may wait for the compile sandbox; more: 429.",
+    )
+    schema_validation_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Wall-clock seconds validating one document may take in its sandbox "
+        "(the worker is killed and replaced); more: 422.",
+    )
+    schema_validation_memory_mb: int = Field(
+        default=1024, ge=128, description="Address-space limit of the validation sandbox, MB."
+    )
+    schema_validation_workers: int = Field(
+        default=2, ge=1, le=64, description="Worker processes validating documents."
+    )
+    schema_validation_max_waiting: int = Field(
+        default=64,
+        ge=0,
+        description="Validations that may wait for a validation worker; more: 429.",
     )
     schema_max_grammar_mb: int = Field(
         default=128,
@@ -142,6 +171,22 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(
         default=1 << 30, ge=1, description="Largest adapter archive accepted, in bytes."
+    )
+    max_request_bytes: int = Field(
+        default=4 << 20,
+        ge=1024,
+        description="Largest body of a JSON request, in bytes (the gRPC message limit's "
+        "default); more: 413 while it streams, before it is parsed.",
+    )
+    public_metrics: bool = Field(
+        default=False,
+        description="Serve /metrics (and the Ray replicas' metrics) without a key when API keys "
+        "are set; off: any key may read them.",
+    )
+    public_docs: bool = Field(
+        default=False,
+        description="Serve /openapi.json, /docs, /redoc and gRPC reflection without a key when "
+        "API keys are set; off: any key may read them.",
     )
     ray_replicas: int = Field(
         default=2, ge=1, description="Engine replicas of the Ray Serve application (`--ray`)."

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NoReturn
+
+from google.protobuf.struct_pb2 import Struct
 
 from server.auth import Role
 from server.errors import InvalidRequest
@@ -26,7 +29,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
         self, request: pb.GenerateRequest, context: Any
     ) -> pb.GenerateResponse:
         generation = self.ready().generation
-        prepared = await generation.prepare(domain_request(request))
+        prepared = await generation.prepare(await _domain_request(request))
         return response(await generation.complete(prepared, _request_id()))
 
     @guarded(Role.INFER)
@@ -34,7 +37,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
         self, request: pb.GenerateRequest, context: Any
     ) -> None:
         generation = self.ready().generation
-        prepared = await generation.prepare(domain_request(request))
+        prepared = await generation.prepare(await _domain_request(request))
         result = GenerationResult(model=prepared.model)
         stream = generation.stream(prepared, _request_id(), result)
         # Closed at once when the call is cancelled, which aborts the request in the engine.
@@ -43,6 +46,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
                 if chunk.text:
                     await context.write(pb.GenerateStreamResponse(delta=chunk.text))
         await context.write(pb.GenerateStreamResponse(summary=response(result)))
+
+
+async def _domain_request(message: pb.GenerateRequest) -> GenerationRequest:
+    """`domain_request` off the event loop: reading a schema of a few MB takes 0.5 s."""
+    return await asyncio.to_thread(domain_request, message)
 
 
 def domain_request(message: pb.GenerateRequest) -> GenerationRequest:
@@ -63,7 +71,7 @@ def domain_request(message: pb.GenerateRequest) -> GenerationRequest:
         case "schema_json":
             fields["schema"] = _json(message.schema_json, "schema_json")
         case "schema_struct":
-            fields["schema"] = from_struct(message.schema_struct)
+            fields["schema"] = _struct(message.schema_struct, "schema_struct")
     fields.update({knob: getattr(message, knob) for knob in _KNOBS if message.HasField(knob)})
     return generation_request(parse_generate(fields), protocol="grpc")
 
@@ -92,10 +100,28 @@ def response(result: GenerationResult) -> pb.GenerateResponse:
 
 
 def _json(text: str, field: str) -> Any:
+    """JSON text as a value; NaN and Infinity, which JSON has not, are refused."""
+
+    def refuse(_: str) -> NoReturn:
+        raise _not_finite(field)
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"`{field}` is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequest(f"`{field}` nests too deeply to be read.") from None
+
+
+def _struct(struct: Struct, field: str) -> dict[str, Any]:
+    try:
+        return from_struct(struct)
+    except ValueError:  # protobuf's JSON form has no NaN or Infinity either
+        raise _not_finite(field) from None
+
+
+def _not_finite(field: str) -> InvalidRequest:
+    return InvalidRequest(f"`{field}` holds a number that is not finite (NaN or Infinity).")
 
 
 def _request_id() -> str:

@@ -1,5 +1,5 @@
 """The one table from hotswap's exceptions to gRPC status codes (HTTP maps the same classes
-to HTTP statuses in `server/http/app.py`)."""
+to HTTP statuses in `server/http/errors.py`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The FastAPI application: start-up and shutdown of the engine, routers, error mapping."""
+"""The FastAPI application: start-up and shutdown of the engine, routers and the key each
+needs, the edge and error middleware."""
 
 from __future__ import annotations
 
@@ -13,32 +14,30 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY
+from starlette.routing import BaseRoute
 
 from adapters.archive import ArchiveLimits
 from adapters.base_spec import spec_from_hf_config
-from adapters.errors import AdapterConflict, AdapterError, AdapterNotFound
 from adapters.registry import AdapterRegistry
 from server.adapter_service import AdapterService
-from server.auth import AuthError, KeyRing, Role, check_bind_address
+from server.auth import KeyRing, Role, check_bind_address
 from server.base_model import BaseModel, resolve_base_model
 from server.catalog import ModelCatalog
 from server.engine import Engine
 from server.engine_supervisor import EngineSupervisor
-from server.errors import HotswapError, InvalidRequest
 from server.generation import GenerationService
+from server.http.edge import BodyType, EdgeGuard, EdgeRule
+from server.http.errors import CatchAll, install_error_handlers
 from server.http.routes import adapters, generate, health, openai, stats
-from server.http.sse import error_body, retry_headers
-from server.http.state import ServerState, require
+from server.http.state import ServerState, documented_key
 from server.metrics.labels import LabelTracker
-from server.request_log import request_id_middleware
-from server.requests import validation_message
+from server.request_log import RequestIdMiddleware
 from server.schema_policy import SchemaPolicy
 from server.settings import Settings
-from server.structured import CompileGuard
+from server.structured import CompileGuard, ValidationGuard
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +70,21 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
         memory_limit_mb=settings.schema_compile_memory_mb,
         max_grammar_mb=settings.schema_max_grammar_mb,
         vocab_cache_dir=settings.schema_vocab_cache_dir,
+        max_waiting=settings.schema_compile_max_waiting,
     )
     app.state.schema_guard = guard  # closed by the lifespan, even if start-up fails later
-    await asyncio.gather(asyncio.to_thread(engine.start_blocking), asyncio.to_thread(guard.start))
+    validator = ValidationGuard(
+        timeout_s=settings.schema_validation_timeout_s,
+        memory_limit_mb=settings.schema_validation_memory_mb,
+        workers=settings.schema_validation_workers,
+        max_waiting=settings.schema_validation_max_waiting,
+    )
+    app.state.schema_validator = validator  # closed by the lifespan, like the guard
+    await asyncio.gather(
+        asyncio.to_thread(engine.start_blocking),
+        asyncio.to_thread(guard.start),
+        asyncio.to_thread(validator.start),
+    )
     service = AdapterService(registry, engine)
     for name, folder in settings.adapters.items():
         await _register_folder(service, name, folder)
@@ -88,7 +99,8 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
         settings.default_max_tokens,
         settings.max_queued_requests,
         labels,
-        SchemaPolicy(guard, settings.schema_limits, settings.schema_max_retries),
+        SchemaPolicy(guard, settings.schema_limits, settings.schema_max_retries, validator),
+        max_prompt_chars=settings.max_prompt_chars,
     )
     app.state.hotswap = ServerState(
         engine=engine, catalog=catalog, generation=generation, adapters=service, labels=labels
@@ -117,10 +129,39 @@ async def _register_folder(service: AdapterService, name: str, folder: Path) -> 
     )
 
 
-_ADAPTER_ERROR_STATUS: dict[type[AdapterError], int] = {
-    AdapterNotFound: 404,
-    AdapterConflict: 409,
-}
+# Multipart boundaries, part headers and the form's small fields around an uploaded archive.
+MULTIPART_OVERHEAD_BYTES = 64 << 10
+
+
+def _json_rule(role: Role | None, settings: Settings) -> EdgeRule:
+    return EdgeRule(role, BodyType.JSON, settings.max_request_bytes)
+
+
+def _include_routers(app: FastAPI, settings: Settings) -> list[tuple[BaseRoute, EdgeRule]]:
+    """Add the routers, each with the key role its routes need (None: public), and return
+    the edge's rule for every route, the API docs' included."""
+    key_unless = {True: None, False: Role.INFER}  # any key, unless made public
+    routers: list[tuple[APIRouter, Role | None]] = [
+        (health.router, None),
+        (health.metrics_router, key_unless[settings.public_metrics]),
+        (openai.router, Role.INFER),
+        (generate.router, Role.INFER),
+        (stats.router, Role.INFER),
+        (adapters.router, Role.ADMIN),
+    ]
+    upload = EdgeRule(
+        Role.ADMIN, BodyType.MULTIPART, settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    )
+    rules: list[tuple[BaseRoute, EdgeRule]] = []
+    for router, role in routers:
+        app.include_router(router, dependencies=[] if role is None else [documented_key(role)])
+        for route in router.routes:
+            is_upload = isinstance(route, APIRoute) and route.endpoint is adapters.upload_adapter
+            rules.append((route, upload if is_upload else _json_rule(role, settings)))
+    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    docs_rule = _json_rule(key_unless[settings.public_docs], settings)
+    rules += [(route, docs_rule) for route in app.routes if getattr(route, "path", None) in docs]
+    return rules
 
 
 def create_app(
@@ -133,6 +174,7 @@ def create_app(
         app.state.hotswap = None
         app.state.engine = None
         app.state.schema_guard = None
+        app.state.schema_validator = None
         grpc_server = await start_grpc_server(settings, keys, lambda: app.state.hotswap)
         starting = asyncio.create_task(_start(app, settings, engine_factory))
         starting.add_done_callback(_stop_if_start_failed)
@@ -147,43 +189,17 @@ def create_app(
             guard: CompileGuard | None = app.state.schema_guard
             if guard is not None:
                 await asyncio.to_thread(guard.close)
+            validator: ValidationGuard | None = app.state.schema_validator
+            if validator is not None:
+                await asyncio.to_thread(validator.close)
 
     app = FastAPI(title="hotswap", version="0.1.0", lifespan=lifespan)
-    app.middleware("http")(request_id_middleware)
     app.state.settings = settings
-    app.state.keys = keys
-
-    @app.exception_handler(HotswapError)
-    async def _hotswap_error(_: Request, exc: HotswapError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.status, headers=retry_headers(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message = validation_message(exc.errors())
-        return JSONResponse(error_body(InvalidRequest(message)), status_code=422)
-
-    @app.exception_handler(AdapterError)
-    async def _adapter_error(_: Request, exc: AdapterError) -> JSONResponse:
-        status = _ADAPTER_ERROR_STATUS.get(type(exc), 422)
-        kind = type(exc).__name__
-        return JSONResponse(
-            {"error": {"message": str(exc), "type": kind, "code": status}}, status_code=status
-        )
-
-    @app.exception_handler(AuthError)
-    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"message": exc.message, "type": "authentication", "code": exc.status}},
-            status_code=exc.status,
-            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None,
-        )
-
-    infer = [Depends(require(Role.INFER))]
-    app.include_router(health.router)
-    app.include_router(openai.router, dependencies=infer)
-    app.include_router(generate.router, dependencies=infer)
-    app.include_router(stats.router, dependencies=infer)
-    app.include_router(adapters.router, dependencies=[Depends(require(Role.ADMIN))])
+    install_error_handlers(app)
+    rules = _include_routers(app, settings)
+    app.add_middleware(EdgeGuard, keys=keys, rules=rules, fallback=_json_rule(Role.INFER, settings))
+    app.add_middleware(CatchAll)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every log line names the request
     return app
 
 

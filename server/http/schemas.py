@@ -1,14 +1,51 @@
-"""Request bodies of the HTTP API (responses reuse the `openai` package's own models)."""
+"""Request bodies of the HTTP API (responses reuse the `openai` package's own models). The
+task call's gRPC message is checked with `GenerateRequest` too, so every limit here holds for
+both transports. Limits that depend on settings (the prompt's length) are the domain's
+(`server/generation.py`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-MAX_TOKENS_FIELD = Field(default=None, gt=0, description="Tokens to generate at most.")
-TEMPERATURE_FIELD = Field(default=1.0, ge=0.0, le=2.0)
-TOP_P_FIELD = Field(default=1.0, gt=0.0, le=1.0)
+from server.engine import MAX_SEED
+
+MAX_TOKENS = 1_000_000  # far above any context; the context check is the domain's
+MAX_STOPS = 4  # as OpenAI
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 256
+MAX_CONTENT_PARTS = 256
+MAX_MODEL_REF_CHARS = 200
+
+MAX_TOKENS_FIELD = Field(
+    default=None, gt=0, le=MAX_TOKENS, description="Tokens to generate at most."
+)
+TEMPERATURE_FIELD = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+TOP_P_FIELD = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+SEED_FIELD = Field(default=None, ge=0, le=MAX_SEED, description="Sampling seed, 0 to 2**63 - 1.")
+
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+StopStrings = Annotated[list[StopString], Field(max_length=MAX_STOPS)]
+
+
+def _one_or_many(value: Any) -> Any:
+    """One stop string is a list of one (OpenAI accepts both)."""
+    return [value] if isinstance(value, str) else value
+
+
+Stop = Annotated[
+    StopStrings,
+    BeforeValidator(_one_or_many, json_schema_input_type=StopString | StopStrings),
+]
 
 
 class TextPart(BaseModel):
@@ -18,7 +55,7 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[TextPart]
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)]
 
     def as_dict(self) -> dict[str, str]:
         text = (
@@ -28,6 +65,9 @@ class ChatMessage(BaseModel):
         )
         # The chat templates of open models know no `developer` role: it is the system one.
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+ChatMessages = Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
 
 
 class JsonSchemaFormat(BaseModel):
@@ -60,24 +100,24 @@ class _SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: str = Field(max_length=MAX_MODEL_REF_CHARS)
     max_tokens: int | None = MAX_TOKENS_FIELD
     temperature: float = TEMPERATURE_FIELD
     top_p: float = TOP_P_FIELD
     n: Literal[1] = Field(default=1, description="Only one choice per request is supported.")
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = SEED_FIELD
+    stop: Stop | None = Field(
+        default=None, description=f"Up to {MAX_STOPS} strings that end the text when generated."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
 
     def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return list(self.stop or ())
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: ChatMessages
     max_completion_tokens: int | None = MAX_TOKENS_FIELD
     response_format: ResponseFormat | None = None
 
@@ -94,9 +134,9 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str]
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+    def _one_prompt(cls, value: Any) -> Any:
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("exactly one prompt per request is supported")
         return value
@@ -110,13 +150,17 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    adapter: str | None = Field(default=None, description="Adapter name; omitted: the base.")
-    input: str | list[ChatMessage] = Field(description="Text, or chat messages.")
+    adapter: str | None = Field(
+        default=None, max_length=MAX_MODEL_REF_CHARS, description="Adapter name; omitted: the base."
+    )
+    input: str | ChatMessages = Field(description="Text, or chat messages.")
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     max_tokens: int | None = MAX_TOKENS_FIELD
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 is greedy.")
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 is greedy."
+    )
     top_p: float = TOP_P_FIELD
-    seed: int | None = None
+    seed: int | None = SEED_FIELD
 
 
 class AdapterRef(BaseModel):

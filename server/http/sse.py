@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from server.errors import HotswapError
+from server.errors import HotswapError, InternalError
+from server.request_log import request_id
+
+logger = logging.getLogger(__name__)
 
 
 def error_body(exc: HotswapError) -> dict[str, dict[str, str | int]]:
@@ -22,7 +26,8 @@ def retry_headers(exc: HotswapError) -> dict[str, str] | None:
 
 
 def event_stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
-    """Stream pydantic models as SSE; an error mid-stream becomes a final error event."""
+    """Stream pydantic models as SSE; an error mid-stream becomes a final error event (an
+    unexpected one is logged and reads as an internal error naming the request id)."""
 
     async def lines() -> AsyncIterator[str]:
         try:
@@ -30,6 +35,9 @@ def event_stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
                 yield f"data: {event.model_dump_json()}\n\n"
         except HotswapError as exc:
             yield f"data: {json.dumps(error_body(exc))}\n\n"
+        except Exception:
+            logger.exception("Unhandled error while streaming")
+            yield f"data: {json.dumps(error_body(InternalError(request_id.get())))}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(lines(), media_type="text/event-stream")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPBearer
 
 from server.adapter_service import AdapterService
-from server.auth import KeyRing, Role
+from server.auth import Role
 from server.catalog import ModelCatalog
 from server.engine import Engine
 from server.errors import EngineUnavailable
@@ -45,11 +45,13 @@ def get_adapter_service(state: Annotated[ServerState, Depends(get_state)]) -> Ad
     return state.adapters
 
 
-def require(role: Role) -> Callable[..., None]:
-    """A dependency that lets a request through only with an API key holding `role`."""
-
-    def check(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-        keys: KeyRing = request.app.state.keys
-        keys.check(authorization, role)
-
-    return check
+def documented_key(role: Role) -> Any:
+    """The API key as the OpenAPI schema shows it: a bearer scheme named after `role`. It
+    checks nothing: the edge (`server.http.edge`) checks the key before the body is read."""
+    scheme = HTTPBearer(
+        scheme_name=f"{role.value} key",
+        description=f"An API key with the '{role.value}' role"
+        + (" (or 'admin')." if role is Role.INFER else "."),
+        auto_error=False,
+    )
+    return Security(scheme)

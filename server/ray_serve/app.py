@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from server.auth import KeyRing
+from server.auth import KeyRing, check_bind_address
 from server.http.app import create_app
 from server.ray_serve.engine_replica import EngineReplica
 from server.ray_serve.remote_engine import RemoteEngine, served_by
@@ -60,11 +60,26 @@ class HotswapIngress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         settings = self._settings
         keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+        refusal = bind_refusal(keys, settings.host, _proxy_host())
+        if refusal is not None:
+            raise RuntimeError(refusal)
         app = create_app(
             settings, keys, engine_factory=functools.partial(RemoteEngine, replicas=self._replicas)
         )
         app.middleware("http")(_served_by_middleware)
         return app
+
+
+def bind_refusal(keys: KeyRing, grpc_host: str, proxy_host: str) -> str | None:
+    """`check_bind_address` for both of the ingress's listeners: Ray's HTTP proxy
+    (`http_options.host`) and the app's gRPC server (`HOTSWAP_HOST`)."""
+    return check_bind_address(proxy_host, keys) or check_bind_address(grpc_host, keys)
+
+
+def _proxy_host() -> str:
+    """The address Ray Serve's HTTP proxies listen on (`http_options.host`)."""
+    client = serve.context._get_global_client()
+    return str(client.http_config.host) if client is not None else "127.0.0.1"
 
 
 def replica_gpus(settings: Settings) -> float:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import start_http_server
 from ray import serve
 from ray.util import get_node_ip_address
 
+from server.auth import KeyRing
 from server.base_model import resolve_base_model
 from server.engine import Chunk, Engine, LoraTarget, Sampling
 from server.metrics.instruments import ADAPTER_COLD_LOADS, ADAPTER_LOAD_SECONDS, ADAPTER_LOADS
+from server.ray_serve.replica_metrics import scrape_app, scrape_host, serve_scrapes
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,14 +57,17 @@ class EngineReplica:
             return await self._load_adapter(model_id)
 
         self._held = serve.multiplexed(max_num_models_per_replica=settings.max_cpu_loras)(load)
-        self._target_file = self._serve_metrics(metrics_targets_dir(settings))
+        self._target_file = self._serve_metrics(settings)
         logger.info("Engine replica %s ready (pid %d)", self._replica, os.getpid())
 
-    def _serve_metrics(self, targets_dir: Path) -> Path:
-        """This replica's Prometheus registry on its own port, announced as a file_sd target."""
-        host = get_node_ip_address()
-        server, _ = start_http_server(0, addr=host)
+    def _serve_metrics(self, settings: Settings) -> Path:
+        """This replica's Prometheus registry on its own port (`replica_metrics`: behind
+        keys, or on loopback), announced as a file_sd target."""
+        keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+        host = scrape_host(keys, get_node_ip_address())
+        server = serve_scrapes(scrape_app(keys, settings.public_metrics), host)
         address = f"{host}:{server.server_port}"
+        targets_dir = metrics_targets_dir(settings)
         targets_dir.mkdir(parents=True, exist_ok=True)
         target_file = targets_dir / f"{self._replica}.json"
         targets = [{"targets": [address], "labels": {"replica": self._replica}}]

@@ -3,15 +3,18 @@
 The server's path for a request with a JSON Schema:
 
 1-2. `prepare_schema(schema, limits)` (= `check_schema`, `bound_schema`, `find_unenforced`):
-   refuse invalid or unboundable schemas (422); `.bounded` is what the engine gets.
+   refuse invalid or unboundable schemas (422), and those whose validation could fetch, hang
+   or overflow (`check_safety`: non-local `$ref`s, non-RE2 patterns, exponential `$ref`
+   fan-out, out-of-range numbers); `.bounded` is what the engine gets.
 3. `await guard.check(bounded)`: compile it in a sandboxed worker (timeout, memory limit);
    refused -> 422 with `verdict.reason`; accepted -> `verdict.budget.max_tokens` is what a
    complete document can need: `max_tokens` below it -> 422 stating the budget.
    Use the verdict's budget, computed in the sandbox: `document_budget` in-process parses the
    whole regex, which for a large schema is itself slow.
-4. Generate with the bounded schema; then `validate_document(schema, text)` against the user's
-   original schema (always cheap; required when `.needs_validation`), retrying a bounded
-   number of times or answering 422 listing `.unenforced_names`.
+4. Generate with the bounded schema; then `await validation_guard.validate(schema, text)`
+   against the user's original schema (`validate_document` in a killable worker: RE2, no
+   retrieval, deadline; required when `.needs_validation`), retrying a bounded number of
+   times or answering 422 listing `.unenforced_names`.
 
 Imports are lazy so the compile worker process starts without pydantic or jsonschema.
 """
@@ -34,14 +37,19 @@ if TYPE_CHECKING:
     from server.structured.errors import RefusalReason, SchemaRefusedError
     from server.structured.keywords import (
         UnenforcedKeyword,
-        ValidationOutcome,
         check_schema,
         find_unenforced,
         unenforced_keywords,
-        validate_document,
     )
     from server.structured.limits import SchemaLimits
     from server.structured.prepare import PreparedSchema, prepare_schema
+    from server.structured.safety import check_safety
+    from server.structured.validation import (
+        ValidationGuard,
+        ValidationOutcome,
+        validate_document,
+    )
+    from server.structured.workers import WorkersBusy
 
 _EXPORTS = {
     "bound_schema": "bounds",
@@ -56,14 +64,17 @@ _EXPORTS = {
     "RefusalReason": "errors",
     "SchemaRefusedError": "errors",
     "UnenforcedKeyword": "keywords",
-    "ValidationOutcome": "keywords",
     "check_schema": "keywords",
     "find_unenforced": "keywords",
     "unenforced_keywords": "keywords",
-    "validate_document": "keywords",
     "SchemaLimits": "limits",
     "PreparedSchema": "prepare",
     "prepare_schema": "prepare",
+    "check_safety": "safety",
+    "ValidationGuard": "validation",
+    "ValidationOutcome": "validation",
+    "validate_document": "validation",
+    "WorkersBusy": "workers",
 }
 __all__ = [
     "CompileGuard",
@@ -74,8 +85,11 @@ __all__ = [
     "SchemaLimits",
     "SchemaRefusedError",
     "UnenforcedKeyword",
+    "ValidationGuard",
     "ValidationOutcome",
+    "WorkersBusy",
     "bound_schema",
+    "check_safety",
     "check_schema",
     "document_budget",
     "find_unenforced",

@@ -1,19 +1,14 @@
 """Compile worker: a child process that compiles schemas exactly as vLLM's outlines backend does.
 
-Started by `CompileGuard` as `python -m server.structured._worker VOCAB_FILE MEMORY_MB PARENT_PID`.
-Protocol: one JSON object per line. The worker first answers `{"ready": ...}`; then for each
-request `{"id": N, "schema": "<schema as json.dumps wrote it>"}` it answers `{"id": N, "ok": ...}`.
+Started by `CompileGuard` as `python -m server.structured._worker MEMORY_MB PARENT_PID VOCAB_FILE`
+(the protocol of `server.structured.workers`): for each request
+`{"id": N, "schema": "<schema as json.dumps wrote it>"}` it answers `{"id": N, "ok": ...}`.
 Its address space is capped with RLIMIT_AS before anything is loaded, and it dies with its
 parent (PR_SET_PDEATHSIG), so a runaway compilation can only kill this process.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
-import os
-import resource
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,23 +19,7 @@ from server.structured.budget import regex_budget
 from server.structured.engine_grammar_cache import index_bytes
 from server.structured.errors import RefusalReason, SchemaRefusedError
 from server.structured.vocabulary import load_vocabulary
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-    if os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def _send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+from server.structured.workers import sandbox, send, serve
 
 
 def compile_schema(schema_json: str, vocabulary: Any) -> dict[str, Any]:
@@ -83,29 +62,21 @@ def _refused(reason: RefusalReason, message: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    vocab_file, memory_mb, parent_pid = Path(argv[0]), int(argv[1]), int(argv[2])
-    _die_with_parent(parent_pid)
-    limit = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    sys.setrecursionlimit(10_000)
+    vocab_file = Path(sandbox(argv)[0])
     started = time.perf_counter()
     try:
         vocabulary = load_vocabulary(vocab_file)
     except (OSError, ValueError, KeyError, MemoryError) as exc:
-        _send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
-    _send({"ready": True, "load_s": time.perf_counter() - started, "pid": os.getpid()})
-    for line in sys.stdin:
-        request = json.loads(line)
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
         try:
-            answer = compile_schema(request["schema"], vocabulary)
-        except MemoryError:
-            _send({"id": request["id"], **_refused(RefusalReason.MEMORY, "out of memory")})
-            return 3  # the heap may be in a bad state: let the guard start a fresh worker
+            return compile_schema(request["schema"], vocabulary)
         except RecursionError:
-            answer = _refused(RefusalReason.TOO_DEEP, "the grammar nests too deeply")
-        _send({"id": request["id"], **answer})
-    return 0
+            return _refused(RefusalReason.TOO_DEEP, "the grammar nests too deeply")
+
+    return serve(handle, {"load_s": time.perf_counter() - started})
 
 
 if __name__ == "__main__":

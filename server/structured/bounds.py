@@ -30,11 +30,28 @@ import copy
 import json
 import math
 from collections.abc import Iterable
+from fractions import Fraction
 from typing import Any
 
 from server.structured.errors import RefusalReason, SchemaRefusedError
 from server.structured.limits import SchemaLimits
 from server.structured.patterns import FORMAT_PATTERNS, string_body, transpile_pattern
+from server.structured.validation import value_is_valid
+
+# Keywords that judge one scalar value: an `enum`/`const` beside them keeps only the values
+# they allow, so the grammar (which emits the values verbatim) enforces them too.
+_VALUE_KEYWORDS = (
+    "pattern",
+    "format",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+)
+_DRAFT4 = "http://json-schema.org/draft-04/schema#"
 
 __all__ = ["SchemaLimits", "bound_schema", "resolve_pointer"]
 
@@ -66,6 +83,7 @@ _STRING_HINTS = ("pattern", "format", "minLength", "maxLength")
 _NUMBER_HINTS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 _MIN_KEYS = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
 _MAX_KEYS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
+_EXACT_INTEGER = 2**53
 _JSON_UNSAFE_NAME_CHARS = frozenset('"\\') | frozenset(chr(c) for c in range(0x20))
 
 
@@ -271,6 +289,11 @@ class _Bounder:
                 for v in values
                 if _json_type(v) in types or ("number" in types and _json_type(v) == "integer")
             ]
+        checks = {key: schema[key] for key in _VALUE_KEYWORDS if key in schema}
+        if any(isinstance(checks.get(k), bool) for k in ("exclusiveMinimum", "exclusiveMaximum")):
+            checks["$schema"] = _DRAFT4  # boolean exclusive* flags exist in draft 4 alone
+        if checks:  # the grammar emits the values as they are: keep those the keywords allow
+            values = [v for v in values if value_is_valid(checks, v)]
         if not values:
             raise SchemaRefusedError(
                 RefusalReason.UNSATISFIABLE, "no enum/const value fits the other keywords"
@@ -317,7 +340,9 @@ class _Bounder:
         if low_int is not None and high_int is not None:
             if high_int < low_int:
                 raise SchemaRefusedError(RefusalReason.UNSATISFIABLE, "no integer fits the bounds")
-            if high_int - low_int < self.limits.max_integer_enum:
+            # beyond 2**53 outlines writes enum integers as floats: use digits there
+            exact = max(abs(low_int), abs(high_int)) <= _EXACT_INTEGER
+            if exact and high_int - low_int < self.limits.max_integer_enum:
                 values = [v for v in range(low_int, high_int + 1) if _multiple_ok(v, schema)]
                 if not values:
                     raise SchemaRefusedError(
@@ -525,11 +550,17 @@ def _int_digits(value: float) -> int:
 
 
 def _multiple_ok(value: int, schema: Schema) -> bool:
+    """Whether `value` is a multiple of `multipleOf`, decided as jsonschema decides it."""
     step = _number(schema.get("multipleOf"))
     if step is None or step <= 0:
         return True
+    if isinstance(step, int):
+        return value % step == 0
     quotient = value / step
-    return math.isclose(quotient, round(quotient), rel_tol=0, abs_tol=1e-9)
+    try:
+        return int(quotient) == quotient
+    except OverflowError:  # a tiny step: the exact quotient decides
+        return (Fraction(value) / Fraction(step)).denominator == 1
 
 
 def _json_type(value: Any) -> str:

@@ -1,30 +1,23 @@
-"""Which schema keywords the grammar cannot enforce, and validation of generated documents.
+"""Which schema keywords the grammar cannot enforce, and the schema's own validity.
 
 A document decoded under the bounded grammar is always well-formed JSON of the right shape,
 but some keywords have no regex counterpart in outlines (numeric bounds, uniqueness,
-conditionals, ...): for schemas that use them the server validates the document with
-`validate_document` (the schema's own `$schema` draft, Draft 2020-12 by default, formats
-checked) and retries or answers 422 naming them. Validation is cheap; running it on every
-structured answer is a sound default and costs well under a millisecond for typical documents.
+conditionals, ...): for schemas that use them the server validates the document (see
+`validation.py`) and retries or answers 422 naming them.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, time
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import jsonschema
-import referencing.exceptions
-from jsonschema import FormatChecker
 from jsonschema.protocols import Validator
 
 from server.structured.errors import RefusalReason, SchemaRefusedError
 from server.structured.limits import SchemaLimits
+from server.structured.numbers import check_numbers
 
 # Keyword -> why the grammar cannot enforce it. Reported as found, with where.
 NEVER_ENFORCED: dict[str, str] = {
@@ -60,9 +53,16 @@ EXACT_FORMATS = frozenset(
 )
 DEFAULT_MAX_NODES = 5000
 _NUMERIC = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
-_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-_SUBSCHEMA_SINGLE = (
+SUBSCHEMA_MAPS = (
+    "properties",
+    "patternProperties",
+    "$defs",
+    "definitions",
+    "dependentSchemas",
+    "dependencies",  # draft 7 and before; its list values are not subschemas
+)
+SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+SUBSCHEMA_SINGLE = (
     "items",
     "additionalItems",
     "additionalProperties",
@@ -84,15 +84,6 @@ class UnenforcedKeyword:
     keyword: str
     location: str
     reason: str
-
-
-@dataclass(frozen=True)
-class ValidationOutcome:
-    """Result of validating one generated document against the user's schema."""
-
-    valid: bool
-    errors: tuple[str, ...] = ()
-    document: Any = field(default=None, compare=False)
 
 
 def find_unenforced(
@@ -124,7 +115,8 @@ def check_schema(schema: Any, max_nodes: int = DEFAULT_MAX_NODES) -> None:
     """Refuse a schema that is not valid under its own draft's meta-schema (INVALID_SCHEMA).
 
     A schema of more than `max_nodes` JSON values is refused (TOO_LARGE) before the meta-schema
-    validation, whose cost grows with the schema.
+    validation, whose cost grows with the schema, and so is one holding a number that
+    overflows (`check_numbers`).
     """
     if not isinstance(schema, (dict, bool)):
         raise SchemaRefusedError(RefusalReason.INVALID_SCHEMA, "the schema must be a JSON object")
@@ -132,6 +124,7 @@ def check_schema(schema: Any, max_nodes: int = DEFAULT_MAX_NODES) -> None:
         raise SchemaRefusedError(
             RefusalReason.TOO_LARGE, f"the schema has more than {max_nodes} JSON values"
         )
+    check_numbers(schema)
     try:
         validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -141,28 +134,6 @@ def check_schema(schema: Any, max_nodes: int = DEFAULT_MAX_NODES) -> None:
         ) from exc
     except RecursionError as exc:
         raise SchemaRefusedError(RefusalReason.TOO_DEEP, "the schema nests too deeply") from exc
-
-
-def validate_document(
-    schema: dict[str, Any] | bool, text: str, max_errors: int = 10
-) -> ValidationOutcome:
-    """Parse `text` as JSON and validate it against `schema` with the right draft and formats."""
-    try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        return ValidationOutcome(False, (f"not valid JSON: {exc}",))
-    cls = validator_for(schema)
-    validator = cls(schema, format_checker=_format_checker(cls))
-    errors: list[str] = []
-    try:
-        for error in validator.iter_errors(document):
-            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            errors.append(f"{where}: {error.message}")
-            if len(errors) >= max_errors:
-                break
-    except (referencing.exceptions.Unresolvable, RecursionError) as exc:
-        errors.append(f"schema could not be applied: {exc}")
-    return ValidationOutcome(not errors, tuple(errors), document)
 
 
 def _count_nodes(root: Any, stop_after: int) -> int:
@@ -195,17 +166,17 @@ def _walk(node: Any, where: str, limits: SchemaLimits) -> Iterator[UnenforcedKey
         yield UnenforcedKeyword(keyword, where, reason)
     yield from _string_rules(node, where)
     yield from _container_rules(node, where)
-    for key in _SUBSCHEMA_MAPS:
+    for key in SUBSCHEMA_MAPS:
         value = node.get(key)
         if isinstance(value, dict):
             for name, sub in value.items():
-                yield from _walk(sub, f"{where}/{key}/{_escape(name)}", limits)
-    for key in _SUBSCHEMA_LISTS:
+                yield from _walk(sub, f"{where}/{key}/{pointer_escape(name)}", limits)
+    for key in SUBSCHEMA_LISTS:
         value = node.get(key)
         if isinstance(value, list):
             for index, sub in enumerate(value):
                 yield from _walk(sub, f"{where}/{key}/{index}", limits)
-    for key in _SUBSCHEMA_SINGLE:
+    for key in SUBSCHEMA_SINGLE:
         if key in node:
             value = node[key]
             if isinstance(value, list):  # draft-4 tuple `items`
@@ -257,72 +228,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _escape(name: str) -> str:
+def pointer_escape(name: str) -> str:
+    """`name` as one JSON-pointer token (RFC 6901)."""
     return name.replace("~", "~0").replace("/", "~1")
-
-
-# -- validation ---------------------------------------------------------------------------
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_RFC3339_TIME = re.compile(
-    r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
-)
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-
-
-def _check_time(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    if not _RFC3339_TIME.match(value):
-        return False
-    time.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00").replace(":60", ":59"))
-    return True
-
-
-def _check_date_time(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    date_part, sep, time_part = value.partition("T") if "T" in value else value.partition("t")
-    if not sep or not _check_time(time_part):
-        return False
-    datetime.strptime(date_part, "%Y-%m-%d")
-    return True
-
-
-def _check_uri(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    parts = urlsplit(value)
-    return bool(parts.scheme) and not any(c.isspace() for c in value)
-
-
-def _check_hostname(value: object) -> bool:
-    return not isinstance(value, str) or bool(_HOSTNAME.match(value))
-
-
-_FALLBACK_CHECKS = {
-    "date-time": _check_date_time,
-    "time": _check_time,
-    "uri": _check_uri,
-    "iri": _check_uri,
-    "hostname": _check_hostname,
-}
-_CHECKERS: dict[type[Any], FormatChecker] = {}
-
-
-def _format_checker(cls: type[Validator]) -> FormatChecker:
-    """The draft's own format checker, plus fallbacks for formats whose extras are missing."""
-    checker = _CHECKERS.get(cls)
-    if checker is None:
-        checker = FormatChecker(formats=())
-        checker.checkers = dict(cls.FORMAT_CHECKER.checkers)
-        for name, check in _FALLBACK_CHECKS.items():
-            if name not in checker.checkers:
-                checker.checks(name, raises=ValueError)(check)
-        _CHECKERS[cls] = checker
-    return checker

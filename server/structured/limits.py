@@ -75,6 +75,22 @@ class SchemaLimits(BaseModel):
     max_depth: int = Field(
         default=32, ge=1, description="Deepest nesting of subschemas accepted at all."
     )
+    max_pattern_length: int = Field(
+        default=1000, ge=1, description="Longest `pattern` or `patternProperties` key (chars)."
+    )
+    max_expanded_size: int = Field(
+        default=20_000,
+        ge=1,
+        description=(
+            "Most subschemas once every `$ref` is inlined (each target counted once per use, a "
+            "cycle once): bounds the cost of validating a document against the schema."
+        ),
+    )
+    max_count_value: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Largest minLength/maxLength/minItems/maxItems/min-/maxProperties/-Contains.",
+    )
     string_charset: Literal["unicode", "ascii"] = Field(
         default="ascii",
         description=(

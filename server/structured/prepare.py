@@ -13,6 +13,7 @@ from server.structured.keywords import (
     find_unenforced,
 )
 from server.structured.limits import SchemaLimits
+from server.structured.safety import check_safety
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,11 @@ class PreparedSchema:
 def prepare_schema(
     schema: Any, limits: SchemaLimits | None = None, max_nodes: int = DEFAULT_MAX_NODES
 ) -> PreparedSchema:
-    """Check, bound and inspect a schema; raises `SchemaRefusedError` (answer 422 with it)."""
+    """Check, bound and inspect a schema; raises `SchemaRefusedError` (answer 422 with it).
+
+    A schema whose validation could fetch, hang or overflow is refused (`check_safety`)."""
     check_schema(schema, max_nodes=max_nodes)
     limits = limits or SchemaLimits()
+    check_safety(schema, limits)
     bounded = bound_schema(schema, limits)
     return PreparedSchema(schema, bounded, tuple(find_unenforced(schema, limits)))

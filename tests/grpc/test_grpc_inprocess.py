@@ -224,7 +224,7 @@ async def test_roles_match_the_http_api(rig: Rig, tmp_path: Path) -> None:
             assert code == as_grpc[answer.status_code], (key, role, answer.text)
             if answer.status_code != 503:  # each names its own readiness probe
                 assert details == answer.json()["error"]["message"]
-        # Health and reflection need no key.
+        # Health needs no key.
         assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
 
 

@@ -3,16 +3,27 @@ application's deployments (built, not run)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from ray.exceptions import ActorDiedError, RayTaskError
 
+from server.auth import KeyRing, Role
 from server.errors import EngineUnavailable, InvalidRequest
-from server.ray_serve.app import REPLICA_HEADER, SECRET_SETTINGS, _served_by_middleware, application
+from server.ray_serve.app import (
+    REPLICA_HEADER,
+    SECRET_SETTINGS,
+    _served_by_middleware,
+    application,
+    bind_refusal,
+)
 from server.ray_serve.remote_engine import _engine_errors, served_by
+from server.ray_serve.replica_metrics import scrape_app, scrape_host, serve_scrapes
 from server.settings import Settings
 
 
@@ -69,3 +80,37 @@ def test_the_application_keeps_secrets_out_of_deployment_arguments() -> None:
     assert engine.ray_actor_options["num_cpus"] == settings.ray_cpus_per_replica
     for args in (settings_json, engine.init_args[0]):
         assert not SECRET_SETTINGS & set(args) and "secret" not in str(args)
+
+
+def test_the_ingress_refuses_listening_beyond_loopback_without_keys() -> None:
+    open_ring, keys = KeyRing({}), KeyRing({"k": Role.ADMIN})
+    assert bind_refusal(open_ring, "127.0.0.1", "127.0.0.1") is None
+    assert bind_refusal(keys, "0.0.0.0", "0.0.0.0") is None
+    for grpc_host, proxy_host in (("127.0.0.1", "0.0.0.0"), ("0.0.0.0", "127.0.0.1")):
+        refusal = bind_refusal(open_ring, grpc_host, proxy_host)
+        assert refusal is not None and "0.0.0.0 without API keys" in refusal
+
+
+def test_the_shipped_serve_config_listens_on_loopback() -> None:
+    config = yaml.safe_load(
+        (Path(__file__).parents[2] / "deploy/ray/serve_config.yaml").read_text()
+    )
+    assert config["http_options"]["host"] == "127.0.0.1"
+
+
+def test_replica_metrics_are_on_loopback_or_behind_keys() -> None:
+    keys = KeyRing({"k": Role.INFER})
+    assert scrape_host(KeyRing({}), "10.0.0.7") == "127.0.0.1"
+    assert scrape_host(keys, "10.0.0.7") == "10.0.0.7"
+    server = serve_scrapes(scrape_app(keys, public=False), "127.0.0.1")
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+        answer = httpx.get(url, headers={"Authorization": "Bearer k"})
+        assert answer.status_code == 200 and "python_info" in answer.text
+        public = serve_scrapes(scrape_app(keys, public=True), "127.0.0.1")
+        assert httpx.get(f"http://127.0.0.1:{public.server_port}/metrics").status_code == 200
+        public.shutdown()
+    finally:
+        server.shutdown()

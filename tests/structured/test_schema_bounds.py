@@ -281,3 +281,41 @@ def test_enum_values_are_filtered_by_type_and_const() -> None:
     assert caught.value.reason is RefusalReason.UNSATISFIABLE
     with pytest.raises(SchemaRefusedError):
         bound_schema({"allOf": [{"type": "string"}, False]})
+
+
+@pytest.mark.parametrize(
+    ("schema", "kept"),
+    [
+        ({"enum": [1, 5, 10], "minimum": 4}, [5, 10]),
+        ({"enum": ["aaa", "b"], "pattern": "^a+$"}, ["aaa"]),
+        ({"enum": ["aaa", "b"], "minLength": 2}, ["aaa"]),
+        ({"type": "string", "enum": ["x", "yy"], "maxLength": 1}, ["x"]),
+        ({"const": 6, "multipleOf": 3}, [6]),
+        (
+            {
+                "$schema": "http://json-schema.org/draft-04/schema#",
+                "enum": [1, 2],
+                "minimum": 1,
+                "exclusiveMinimum": True,
+            },
+            [2],
+        ),
+    ],
+)
+def test_enum_keeps_only_the_values_its_sibling_keywords_allow(
+    schema: dict[str, Any], kept: list[Any]
+) -> None:
+    """The grammar emits enum values verbatim: a value the siblings refuse never comes out."""
+    prepared = prepare_schema(schema)
+    assert prepared.bounded["enum"] == kept
+    assert not {"pattern", "minimum", "minLength", "maxLength"} & set(prepared.unenforced_names)
+    for value in kept:
+        assert accepts(schema, value)
+
+
+def test_enum_whose_every_value_fails_its_pattern_is_refused_at_admission() -> None:
+    """The pattern is never run by backtracking: RE2 decides each value at admission."""
+    schema = {"enum": ["a" * 40 + "b"], "pattern": "^(a+)+$"}
+    with pytest.raises(SchemaRefusedError) as caught:
+        prepare_schema(schema)
+    assert caught.value.reason is RefusalReason.UNSATISFIABLE

@@ -1,4 +1,5 @@
-"""Probes and the Prometheus scrape endpoint."""
+"""Probes (public in every mode) and the Prometheus scrape endpoint (behind a key when keys
+are set, unless `public_metrics`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from server.errors import EngineUnavailable
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
@@ -31,7 +33,7 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@metrics_router.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text format: hotswap_* metrics and vLLM's own engine metrics."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

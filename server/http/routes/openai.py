@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -192,8 +193,6 @@ async def _completion_chunks(
 async def list_models(catalog: Catalog) -> dict[str, Any]:
     """The base model and every adapter being served."""
     created = int(time.time())
-    data = [
-        Model(id=m.name, created=created, object="model", owned_by="hotswap")
-        for m in catalog.list_models()
-    ]
+    models = await asyncio.to_thread(catalog.list_models)  # registry reads
+    data = [Model(id=m.name, created=created, object="model", owned_by="hotswap") for m in models]
     return {"object": "list", "data": [m.model_dump(exclude_none=True) for m in data]}
