@@ -77,7 +77,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 test: lint model prometheus postgres cxx
-	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -ra --durations=15 $(PYTEST_ARGS)
 
 unit: install prometheus postgres cxx
 	$(VENV)/bin/pytest -ra -m "not engine" $(PYTEST_ARGS)

@@ -118,7 +118,9 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
 async def _register_folder(service: AdapterService, name: str, folder: Path) -> None:
     """`--adapter NAME=PATH`: store the folder in the registry as a version of NAME."""
     with tempfile.TemporaryDirectory(prefix="hotswap-adapter-") as tmp:
-        archive = shutil.make_archive(str(Path(tmp) / name), "gztar", root_dir=folder)
+        archive = await asyncio.to_thread(
+            shutil.make_archive, str(Path(tmp) / name), "gztar", root_dir=folder
+        )
         result = await service.upload(Path(archive), name=name)
     logger.info(
         "Adapter %s@%d from %s (%s)",
