@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import OpenAI, UnprocessableEntityError
 
 from tests.support.server import RunningServer
 
@@ -41,6 +41,19 @@ def test_openai_sdk_chat_answers_from_the_base_model(client: OpenAI) -> None:
     assert response.model == BASE
     assert response.usage is not None and response.usage.completion_tokens > 0
     assert response.choices[0].finish_reason in {"stop", "length"}
+
+
+def test_openai_sdk_fields_not_honoured_are_refused_by_name(client: OpenAI) -> None:
+    """Tools and logprobs asked of the SDK get a 422 naming them; their no-op values and the
+    harmless fields (`user`) are accepted."""
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    for fields, named in (({"tools": [tool]}, "`tools`"), ({"logprobs": True}, "`logprobs`")):
+        with pytest.raises(UnprocessableEntityError, match=named):
+            client.chat.completions.create(model=BASE, messages=QUESTION, max_tokens=4, **fields)
+    reply = client.chat.completions.create(
+        model=BASE, messages=QUESTION, max_tokens=4, logprobs=False, user="app-user-1"
+    )
+    assert reply.choices[0].message.content
 
 
 def test_streaming_chat_yields_the_same_text_as_non_streaming(client: OpenAI) -> None:

@@ -65,3 +65,39 @@ def test_generate_request_is_strict_and_greedy_by_default() -> None:
     assert body.temperature == 0.0 and body.json_schema == {"type": "string"}
     with pytest.raises(ValidationError, match="extra"):
         GenerateRequest.model_validate({"input": "x", "shema": {}})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"user": "u-1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto"},
+        {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}},
+        {"logprobs": False, "top_logprobs": 0},
+        {"tools": [], "tool_choice": "none", "parallel_tool_calls": True},
+    ],
+)
+def test_fields_that_ask_for_nothing_are_accepted(extra: dict[str, object]) -> None:
+    ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **extra})
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "`tools`"),
+        ({"tool_choice": "required"}, "`tool_choice`"),
+        ({"logprobs": True, "top_logprobs": 3}, "`logprobs`, `top_logprobs`"),
+        ({"frequency_penalty": 0.5}, "`frequency_penalty`"),
+        ({"logit_bias": {"42": 5}}, "`logit_bias`"),
+        ({"made_up_field": 1}, "`made_up_field`"),
+    ],
+)
+def test_fields_not_honoured_are_refused_by_name(extra: dict[str, object], named: str) -> None:
+    """Never silently ignored: a client asking for tools or logprobs learns it at once."""
+    with pytest.raises(ValidationError, match=named):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **extra})
+
+
+def test_completions_refuse_logprobs_and_echo_by_name() -> None:
+    with pytest.raises(ValidationError, match="`echo`, `logprobs`"):
+        CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": 2, "echo": True})
+    CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": None, "echo": False})

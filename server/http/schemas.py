@@ -5,7 +5,7 @@ both transports. Limits that depend on settings (the prompt's length) are the do
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -94,11 +94,35 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingFields(BaseModel):
-    """Knobs shared by the OpenAI routes. Unknown fields are ignored, as OpenAI SDKs send
-    optional ones freely; fields hotswap cannot honour are refused by name."""
+# OpenAI request fields that change nothing hotswap computes: accepted and ignored.
+IGNORED_FIELDS = frozenset(
+    {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}
+)
+# Fields hotswap does not honour (yet), with the values that ask for nothing: those are
+# accepted; any other value is refused by name rather than silently ignored.
+NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (None, 0),
+    "presence_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "parallel_tool_calls": (None, True, False),  # says nothing without tools
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class _SamplingFields(BaseModel):
+    """Knobs shared by the OpenAI routes. Every field is honoured or refused by name: the
+    harmless `IGNORED_FIELDS` pass, the `NO_OP_VALUES` of fields not honoured pass, and any
+    other field (or value) is a 422 naming it."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(max_length=MAX_MODEL_REF_CHARS)
     max_tokens: int | None = MAX_TOKENS_FIELD
@@ -111,6 +135,21 @@ class _SamplingFields(BaseModel):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unhonoured(self) -> Self:
+        refused = sorted(
+            name
+            for name, value in (self.model_extra or {}).items()
+            if name not in IGNORED_FIELDS and value not in NO_OP_VALUES.get(name, ())
+        )
+        if refused:
+            shown = ", ".join(f"`{name[:64]}`" for name in refused[:8])
+            raise ValueError(
+                f"hotswap does not support {shown}{' ...' if len(refused) > 8 else ''} "
+                "(see docs/openai-compat.md): remove it, or send the value that asks for nothing"
+            )
+        return self
 
     def stop_list(self) -> list[str]:
         return list(self.stop or ())
