@@ -73,8 +73,9 @@ def run_recipe(
         **headline_metrics(report),
         "train_wall_s": trained.wall_s,
         "train_examples": float(trained.train_examples),
-        "best_eval_loss": trained.best_eval_loss or 0.0,
     }
+    if trained.best_eval_loss is not None:  # no validation loss measured: no figure
+        metrics["best_eval_loss"] = trained.best_eval_loss
     update_manifest(trained.adapter_dir, metrics=metrics)
     archive = package(
         trained.adapter_dir,

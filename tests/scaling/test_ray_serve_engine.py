@@ -145,6 +145,15 @@ def ray_cluster(database_url: str) -> Iterator[str]:
 
 def _stop_ray_cluster(address: str) -> None:
     """Kill this cluster's processes only (not `ray stop`, which ends every Ray here)."""
+    for process in _cluster_processes(address):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def _cluster_processes(address: str) -> set[psutil.Process]:
+    """The processes of the cluster at `address` (the one this module started): those whose
+    command line names its session folder, and all their descendants, Ray's workers
+    included. Processes of any other Ray on the machine are never among them."""
     port = address.rsplit(":", 1)[1]
     gcs = [
         p
@@ -160,10 +169,7 @@ def _stop_ray_cluster(address: str) -> None:
     roots = [
         p for p in psutil.process_iter(["cmdline"]) if session in " ".join(p.info["cmdline"] or [])
     ]
-    processes = {p for root in roots for p in [root, *root.children(recursive=True)]}
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
+    return {p for root in roots for p in [root, *root.children(recursive=True)]}
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +361,7 @@ async def test_routing_affinity_with_eight_adapters(
 
 
 async def test_replica_killed_mid_load_is_replaced(
-    ray_server: RayServer, archives: list[Path]
+    ray_server: RayServer, ray_cluster: str, archives: list[Path]
 ) -> None:
     """SIGKILL one engine replica (its process and its engine core) while clients run: Ray
     starts another, only the requests in flight on the killed one fail, the registry keeps
@@ -382,7 +388,7 @@ async def test_replica_killed_mid_load_is_replaced(
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
         clients = [asyncio.create_task(client(http, i)) for i in range(4)]
         await asyncio.sleep(5)
-        victim = _engine_replica_process()
+        victim = _engine_replica_process(ray_cluster)
         at_kill = in_flight
         for process in [*victim.children(recursive=True), victim]:
             process.send_signal(signal.SIGKILL)
@@ -403,9 +409,11 @@ async def test_replica_killed_mid_load_is_replaced(
     assert answered_by(await burst(url, "shared", 2))  # serving again
 
 
-def _engine_replica_process() -> psutil.Process:
-    """The Ray worker process of an engine replica (named in its process title)."""
-    for process in psutil.process_iter(["cmdline"]):
-        if "ServeReplica:hotswap:EngineReplica" in " ".join(process.info["cmdline"] or []):
-            return process
-    raise AssertionError("no engine replica process")
+def _engine_replica_process(address: str) -> psutil.Process:
+    """The Ray worker process of an engine replica (named in its process title) of this
+    module's cluster: never a process the tests did not start."""
+    for process in _cluster_processes(address):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "ServeReplica:hotswap:EngineReplica" in " ".join(process.cmdline()):
+                return process
+    raise AssertionError("no engine replica process in this cluster")
