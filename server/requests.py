@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from server.errors import InvalidRequest, PayloadTooLarge
 from server.generation import GenerationRequest
-from server.http.schemas import GenerateRequest
+from server.task_request import GenerateRequest
 
 
 def parse_generate(fields: Mapping[str, Any]) -> GenerateRequest:

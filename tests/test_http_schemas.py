@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from server.http.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest
+from server.http.schemas import ChatCompletionRequest, CompletionRequest
+from server.task_request import GenerateRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

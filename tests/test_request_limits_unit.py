@@ -18,21 +18,17 @@ from pydantic import BaseModel, ValidationError
 
 from server.auth import KeyRing
 from server.catalog import ServedModel
-from server.engine import Engine
+from server.engine import MAX_SEED, Engine
 from server.errors import InvalidRequest, PromptTooLong
 from server.generation import GenerationRequest, GenerationService
 from server.http.app import create_app
-from server.http.schemas import (
-    MAX_SEED,
-    ChatCompletionRequest,
-    CompletionRequest,
-    GenerateRequest,
-)
-from server.http.state import ServerState
+from server.http.schemas import ChatCompletionRequest, CompletionRequest
 from server.metrics.labels import LabelTracker
 from server.requests import parse_generate, validation_message
 from server.schema_policy import SchemaPolicy
 from server.settings import Settings
+from server.state import ServerState
+from server.task_request import GenerateRequest
 from tests.support.fakes import FakeCatalog, FakeEngine, FakeGuard
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -13,8 +13,8 @@ import grpc
 from server.auth import KeyRing, Role
 from server.errors import EngineUnavailable, InternalError, InvalidRequest
 from server.grpc_api.status import status_of
-from server.http.state import ServerState
 from server.request_log import REQUEST_ID_HEADER, current_or_new, request_id
+from server.state import ServerState
 
 logger = logging.getLogger(__name__)
 

@@ -32,11 +32,12 @@ from server.generation import GenerationService
 from server.http.edge import BodyType, EdgeGuard, EdgeRule
 from server.http.errors import CatchAll, install_error_handlers
 from server.http.routes import adapters, generate, health, openai, stats
-from server.http.state import ServerState, documented_key
+from server.http.state import documented_key
 from server.metrics.labels import LabelTracker
 from server.request_log import RequestIdMiddleware
 from server.schema_policy import SchemaPolicy
 from server.settings import Settings
+from server.state import ServerState
 from server.structured import CompileGuard, ValidationGuard
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
@@ -11,19 +10,9 @@ from fastapi.security import HTTPBearer
 from server.adapter_service import AdapterService
 from server.auth import Role
 from server.catalog import ModelCatalog
-from server.engine import Engine
 from server.errors import EngineUnavailable
 from server.generation import GenerationService
-from server.metrics.labels import LabelTracker
-
-
-@dataclass
-class ServerState:
-    engine: Engine
-    catalog: ModelCatalog
-    generation: GenerationService
-    adapters: AdapterService
-    labels: LabelTracker
+from server.state import ServerState
 
 
 def get_state(request: Request) -> ServerState:

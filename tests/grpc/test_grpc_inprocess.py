@@ -32,9 +32,9 @@ from server.grpc_api.gen.hotswap.v1 import inference_pb2 as pb
 from server.grpc_api.server import start_grpc_server, stop_grpc_server
 from server.grpc_api.status import status_of
 from server.http.app import create_app
-from server.http.state import ServerState
 from server.metrics.labels import LabelTracker
 from server.settings import Settings
+from server.state import ServerState
 from tests.support.server import free_port
 
 ADMIN, INFER = "admin-key-1", "infer-key-2"

@@ -16,10 +16,10 @@ from server.grpc_api.gen.hotswap.v1 import inference_pb2 as pb
 from server.grpc_api.gen.hotswap.v1 import inference_pb2_grpc
 from server.grpc_api.server import start_grpc_server, stop_grpc_server
 from server.grpc_api.structs import to_struct
-from server.http.state import ServerState
 from server.metrics.labels import LabelTracker
 from server.schema_policy import SchemaPolicy
 from server.settings import Settings
+from server.state import ServerState
 from tests.support.fakes import FakeCatalog, FakeEngine, FakeGuard
 from tests.support.server import free_port
 

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from server.generation import GenerationService
-from server.http.schemas import AdapterRef, GenerateRequest, GenerateResponse, Usage
+from server.http.schemas import AdapterRef, GenerateResponse, Usage
 from server.http.state import get_generation
 from server.requests import generation_request
+from server.task_request import GenerateRequest
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 

@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from server.http.state import ServerState, get_state
+from server.http.state import get_state
 from server.metrics.stats import AdapterStats, adapter_stats
+from server.state import ServerState
 
 router = APIRouter(prefix="/v1/adapters", tags=["stats"])
 
