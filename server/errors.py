@@ -42,6 +42,18 @@ class PayloadTooLarge(HotswapError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(HotswapError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ForeignCaller(HotswapError):
+    """A keyless server called through a non-loopback `Host` or from a web page's `Origin`."""
+
+    status = 403
+    code = "forbidden"
+
+
 class QueueFull(HotswapError):
     status = 429
     code = "queue_full"

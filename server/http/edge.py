@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.auth import AuthError, KeyRing, Role
-from server.errors import HotswapError, PayloadTooLarge
+from server.errors import ForeignCaller, HotswapError, PayloadTooLarge, UnsupportedMediaType
 from server.http.errors import auth_response, hotswap_response
 
 logger = logging.getLogger(__name__)
@@ -41,18 +41,6 @@ class EdgeRule:
     role: Role | None
     body: BodyType
     max_body_bytes: int
-
-
-class UnsupportedMediaType(HotswapError):
-    status = 415
-    code = "unsupported_media_type"
-
-
-class ForeignCaller(HotswapError):
-    """A keyless server called through a non-loopback `Host` or from a web page's `Origin`."""
-
-    status = 403
-    code = "forbidden"
 
 
 class EdgeGuard:

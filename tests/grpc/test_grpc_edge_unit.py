@@ -16,6 +16,7 @@ from server.auth import KeyRing, Role
 from server.grpc_api.gen.hotswap.v1 import inference_pb2 as pb
 from server.grpc_api.server import start_grpc_server, stop_grpc_server
 from server.settings import Settings
+from tests.support.grpc_calls import call_status
 from tests.support.server import free_port
 
 KEYS = KeyRing({"a-secret": Role.ADMIN, "i-secret": Role.INFER})
@@ -44,22 +45,14 @@ async def target(tmp_path: Path) -> AsyncIterator[str]:
         await stop_grpc_server(server, 0)
 
 
-async def _code(call: Any) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return Code.OK, ""
-
-
 async def test_a_refused_call_is_never_parsed(target: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         raw = channel.unary_unary("/hotswap.v1.Inference/Generate")  # bytes in, bytes out
         garbage = b"\xff" * 100  # not a GenerateRequest
-        assert (await _code(raw(garbage)))[0] == Code.UNAUTHENTICATED
-        assert (await _code(raw(garbage, metadata=_auth("nope"))))[0] == Code.UNAUTHENTICATED
+        assert (await call_status(raw(garbage)))[0] == Code.UNAUTHENTICATED
+        assert (await call_status(raw(garbage, metadata=_auth("nope"))))[0] == Code.UNAUTHENTICATED
         admin = channel.unary_unary("/hotswap.v1.Adapters/ListAdapters")
-        code, details = await _code(admin(b"", metadata=_auth("i-secret")))
+        code, details = await call_status(admin(b"", metadata=_auth("i-secret")))
         assert code == Code.PERMISSION_DENIED and "'admin'" in details
 
 
@@ -70,14 +63,16 @@ async def test_an_unexpected_error_is_internal_with_the_request_id_only(target: 
             request_serializer=pb.GenerateRequest.SerializeToString,
         )
         metadata = (*_auth("i-secret"), ("x-request-id", "req-9"))
-        code, details = await _code(generate(pb.GenerateRequest(text="hi"), metadata=metadata))
+        code, details = await call_status(
+            generate(pb.GenerateRequest(text="hi"), metadata=metadata)
+        )
     assert code == Code.INTERNAL and "req-9" in details and "secret" not in details
 
 
 async def test_a_message_over_the_limit_is_refused(target: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         raw = channel.unary_unary("/hotswap.v1.Inference/Generate")
-        code, _ = await _code(raw(b"\0" * 8192, metadata=_auth("i-secret")))
+        code, _ = await call_status(raw(b"\0" * 8192, metadata=_auth("i-secret")))
     assert code == Code.RESOURCE_EXHAUSTED
 
 

@@ -35,6 +35,7 @@ from server.http.app import create_app
 from server.metrics.labels import LabelTracker
 from server.settings import Settings
 from server.state import ServerState
+from tests.support.grpc_calls import call_status
 from tests.support.server import free_port
 
 ADMIN, INFER = "admin-key-1", "infer-key-2"
@@ -135,14 +136,6 @@ def _auth(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)
 
 
-async def _code(call: Any) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return Code.OK, ""
-
-
 async def _health(channel: grpc.aio.Channel, service: str = "") -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     return int((await stub.Check(health_pb2.HealthCheckRequest(service=service))).status)
@@ -171,7 +164,7 @@ async def test_health_follows_the_engine_and_calls_wait_for_it(rig: Rig) -> None
     async with grpc.aio.insecure_channel(rig.target) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         assert await _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
-        code, details = await _code(
+        code, details = await call_status(
             stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER))
         )
         assert code == Code.UNAVAILABLE and "health" in details
@@ -187,7 +180,9 @@ async def test_health_follows_the_engine_and_calls_wait_for_it(rig: Rig) -> None
         reply = await stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER))
         assert reply.text == "w0 w1 w2 " and reply.finish_reason == "length"
         rig.engine.ready = False
-        code, _ = await _code(stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER)))
+        code, _ = await call_status(
+            stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER))
+        )
         assert code == Code.UNAVAILABLE
 
 
@@ -220,7 +215,7 @@ async def test_roles_match_the_http_api(rig: Rig, tmp_path: Path) -> None:
             else:
                 answer = await http.get("/v1/adapters", headers=headers)
                 call = adapters.ListAdapters(adapters_pb2.ListAdaptersRequest(), metadata=metadata)
-            code, details = await _code(call)
+            code, details = await call_status(call)
             assert code == as_grpc[answer.status_code], (key, role, answer.text)
             if answer.status_code != 503:  # each names its own readiness probe
                 assert details == answer.json()["error"]["message"]
@@ -237,14 +232,14 @@ async def test_queue_full_cancel_and_deadline_free_the_engine(rig: Rig) -> None:
         first = await stream.read()
         assert first.delta == "w0 "
         # max_in_flight is 1: a second request is refused while the stream runs.
-        code, details = await _code(
+        code, details = await call_status(
             stub.Generate(pb.GenerateRequest(text="x"), metadata=_auth(INFER))
         )
         assert code == Code.RESOURCE_EXHAUSTED and "retry later" in details
         stream.cancel()
         await _until(lambda: rig.engine.finished == [False])
         # A deadline ends the unary call and its engine run alike.
-        code, _ = await _code(
+        code, _ = await call_status(
             stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER), timeout=0.3)
         )
         assert code == Code.DEADLINE_EXCEEDED
@@ -259,25 +254,29 @@ async def test_message_limits_and_unexpected_errors(rig: Rig) -> None:
     async with grpc.aio.insecure_channel(rig.target) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         big = pb.GenerateRequest(text="x" * 5000)
-        code, _ = await _code(stub.Generate(big, metadata=_auth(INFER)))
+        code, _ = await call_status(stub.Generate(big, metadata=_auth(INFER)))
         assert code == Code.RESOURCE_EXHAUSTED
         rig.engine.words = 1000  # a reply over the 4 KiB send limit
-        code, _ = await _code(stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER)))
+        code, _ = await call_status(
+            stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER))
+        )
         assert code == Code.RESOURCE_EXHAUSTED
         rig.engine.fail = RuntimeError("secret internals")
-        code, details = await _code(
+        code, details = await call_status(
             stub.Generate(pb.GenerateRequest(text="hi"), metadata=_auth(INFER))
         )
         assert code == Code.INTERNAL and "secret" not in details
-        code, details = await _code(
+        code, details = await call_status(
             stub.Generate(pb.GenerateRequest(text="hi", adapter="zeta"), metadata=_auth(INFER))
         )
         assert code == Code.NOT_FOUND and "zeta" in details
-        code, details = await _code(
+        code, details = await call_status(
             stub.Generate(pb.GenerateRequest(text="hi", temperature=5), metadata=_auth(INFER))
         )
         assert code == Code.INVALID_ARGUMENT and details.startswith("temperature:")
-        code, details = await _code(stub.Generate(pb.GenerateRequest(), metadata=_auth(INFER)))
+        code, details = await call_status(
+            stub.Generate(pb.GenerateRequest(), metadata=_auth(INFER))
+        )
         assert code == Code.INVALID_ARGUMENT and "no input" in details
 
 
