@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from prometheus_client import REGISTRY
 
+from adapters.errors import AdapterRejected
+from adapters.validation import SchemaCheck
 from server.errors import EngineUnavailable, PromptTooLong
 from server.generation import GenerationRequest
-from server.schema_policy import SchemaBudgetTooSmall, SchemaRefused, SchemaViolation
+from server.schema_policy import (
+    SchemaBudgetTooSmall,
+    SchemaPolicy,
+    SchemaRefused,
+    SchemaViolation,
+    upload_schema_check,
+)
 from server.structured import CompileVerdict, RefusalReason
 from tests.support.fakes import FakeGuard, service
 
@@ -54,7 +65,7 @@ async def test_an_unsupported_schema_never_reaches_the_guard() -> None:
 
 async def test_a_transient_refusal_is_a_503_to_retry() -> None:
     class BusyGuard(FakeGuard):
-        async def check(self, schema: object) -> CompileVerdict:
+        async def check(self, schema: object, fallback: str | None = None) -> CompileVerdict:
             return CompileVerdict(
                 ok=False, digest="d", reason=RefusalReason.TIMEOUT, message="busy", transient=True
             )
@@ -72,15 +83,30 @@ async def test_the_engine_gets_the_bounded_schema_the_guard_compiled() -> None:
     assert prepared.sampling.json_schema != {"type": "string"}  # bounded: a maxLength pattern
 
 
-async def test_max_tokens_below_the_budget_is_a_422_stating_it() -> None:
-    gen, engine = service(guard=FakeGuard(budget=40))
+async def test_max_tokens_below_the_longest_document_is_decoded_budget_aware() -> None:
+    gen, engine = service(guard=FakeGuard(budget=40, shortest=12))
+    prepared = await gen.prepare(request(SCORE, max_tokens=20))
+    assert prepared.sampling.max_tokens == 20 and prepared.sampling.budget_aware
+    prepared = await gen.prepare(request(SCORE, max_tokens=45))
+    assert prepared.sampling.max_tokens == 45 and not prepared.sampling.budget_aware
+    assert engine.seen == []
+
+
+async def test_max_tokens_below_the_shortest_document_is_a_422_stating_it() -> None:
+    gen, engine = service(guard=FakeGuard(budget=40, shortest=12))
     before = outcomes("refused")
-    with pytest.raises(SchemaBudgetTooSmall, match="below the 40 tokens") as caught:
-        await gen.prepare(request(SCORE, max_tokens=39))
+    with pytest.raises(SchemaBudgetTooSmall, match="below the 12 tokens the shortest") as caught:
+        await gen.prepare(request(SCORE, max_tokens=11))
     assert caught.value.status == 422 and engine.seen == []
     assert outcomes("refused") == before + 1
-    prepared = await gen.prepare(request(SCORE, max_tokens=45))
-    assert prepared.sampling.max_tokens == 45
+    prepared = await gen.prepare(request(SCORE, max_tokens=12))
+    assert prepared.sampling.max_tokens == 12 and prepared.sampling.budget_aware
+
+
+async def test_an_unmeasurable_shortest_document_needs_the_longest_budget() -> None:
+    gen, _ = service(guard=FakeGuard(budget=40, shortest=None))
+    with pytest.raises(SchemaBudgetTooSmall, match="below the 40 tokens the longest"):
+        await gen.prepare(request(SCORE, max_tokens=39))
 
 
 async def test_unset_max_tokens_is_the_budget_even_above_the_default() -> None:
@@ -89,7 +115,15 @@ async def test_unset_max_tokens_is_the_budget_even_above_the_default() -> None:
     assert prepared.sampling.max_tokens == 40
 
 
-async def test_a_budget_the_context_cannot_hold_is_refused() -> None:
+async def test_a_context_short_of_the_longest_document_is_decoded_budget_aware() -> None:
+    gen, _ = service(guard=FakeGuard(budget=40, shortest=12), max_model_len=100)
+    prepared = await gen.prepare(request(SCORE, prompt="x" * 70))
+    assert prepared.sampling.max_tokens == 30 and prepared.sampling.budget_aware
+    with pytest.raises(SchemaBudgetTooSmall, match="the 10 tokens the prompt leaves"):
+        await gen.prepare(request(SCORE, prompt="x" * 90))
+
+
+async def test_a_budget_the_context_cannot_hold_is_refused_when_unmeasurable() -> None:
     gen, _ = service(guard=FakeGuard(budget=40), max_model_len=100)
     with pytest.raises(PromptTooLong, match="can need 40 tokens, but the prompt leaves 30"):
         await gen.prepare(request(SCORE, prompt="x" * 70))
@@ -98,7 +132,7 @@ async def test_a_budget_the_context_cannot_hold_is_refused() -> None:
 async def test_an_invalid_document_is_retried_with_another_seed_then_succeeds() -> None:
     gen, engine = service(reply=['{"score":3}', '{"score":12}'], guard=FakeGuard())
     retried, valid = outcomes("retried"), outcomes("valid")
-    result = await gen.complete(await gen.prepare(request(SCORE)), "p1")
+    (result,) = await gen.complete(await gen.prepare(request(SCORE)), "p1")
     assert result.valid is True and result.output == {"score": 12}
     assert outcomes("retried") == retried + 1 and outcomes("valid") == valid + 1
     first, second = engine.seen[0][1], engine.seen[1][1]
@@ -135,5 +169,101 @@ async def test_validation_uses_the_schema_own_draft() -> None:
         "exclusiveMinimum": True,
     }
     gen, _ = service(reply=["0", "1"], guard=FakeGuard())
-    result = await gen.complete(await gen.prepare(request(draft4)), "p4")
+    (result,) = await gen.complete(await gen.prepare(request(draft4)), "p4")
     assert result.output == 1 and result.valid is True
+
+
+async def upload_check(guard: FakeGuard, fallback: Any = None) -> SchemaCheck:
+    policy = SchemaPolicy(guard, fallback=fallback)
+    return upload_schema_check(policy, asyncio.get_running_loop())
+
+
+async def test_an_upload_whose_task_schema_the_guard_refuses_is_rejected_with_its_reason() -> None:
+    guard = FakeGuard(refuse=RefusalReason.TIMEOUT, fallback_ok=False)
+    check = await upload_check(guard, fallback="guidance")
+    with pytest.raises(AdapterRejected, match=r"task\.output_schema: .*refused \(timeout\)"):
+        await asyncio.to_thread(check, SCORE)  # as the registry calls it, from a thread
+    assert guard.checked and guard.checked[0] != SCORE  # the bounded schema, as served
+    assert guard.engines == [None, "guidance"]
+
+
+async def test_an_upload_the_fallback_engine_serves_is_accepted() -> None:
+    check = await upload_check(FakeGuard(refuse=RefusalReason.TIMEOUT), fallback="guidance")
+    await asyncio.to_thread(check, SCORE)  # returns: the upload goes on
+
+
+async def test_an_upload_whose_task_schema_is_unsafe_never_reaches_the_guard() -> None:
+    guard = FakeGuard()
+    check = await upload_check(guard)
+    with pytest.raises(AdapterRejected, match=r"task\.output_schema"):
+        await asyncio.to_thread(check, {"type": "string", "pattern": "^(?=a)a$"})
+    assert guard.checked == []
+
+
+async def test_a_busy_machine_at_upload_is_a_503_not_a_rejection() -> None:
+    class BusyGuard(FakeGuard):
+        async def check(self, schema: object, fallback: str | None = None) -> CompileVerdict:
+            return CompileVerdict(
+                ok=False, digest="d", reason=RefusalReason.TIMEOUT, message="busy", transient=True
+            )
+
+    check = await upload_check(BusyGuard())
+    with pytest.raises(EngineUnavailable, match="retry shortly"):
+        await asyncio.to_thread(check, SCORE)
+
+
+TWO_IFS = {
+    "type": "object",
+    "allOf": [
+        {"if": {"properties": {"a": {"const": 1}}}, "then": {"required": ["b"]}},
+        {"if": {"properties": {"c": {"const": 1}}}, "then": {"required": ["d"]}},
+    ],
+}
+
+
+async def test_a_schema_outlines_cannot_compile_in_time_falls_back_per_request() -> None:
+    guard = FakeGuard(budget=40, refuse=RefusalReason.TIMEOUT)
+    gen, _ = service(guard=guard, fallback="guidance")
+    prepared = await gen.prepare(request(SCORE))
+    assert guard.engines == [None, "guidance"]
+    assert prepared.sampling.grammar_engine == "guidance"
+    assert prepared.sampling.max_tokens == 40 and not prepared.sampling.budget_aware
+    assert prepared.schema is not None and prepared.schema.grammar_engine == "guidance"
+
+
+async def test_a_schema_bounding_cannot_express_goes_to_the_fallback_unchanged() -> None:
+    guard = FakeGuard()
+    gen, _ = service(guard=guard, fallback="xgrammar")
+    prepared = await gen.prepare(request(TWO_IFS))
+    assert guard.engines == ["xgrammar"] and guard.checked == [TWO_IFS]
+    assert prepared.sampling.json_schema == TWO_IFS
+    assert prepared.sampling.grammar_engine == "xgrammar"
+
+
+async def test_without_a_fallback_or_when_it_fails_too_the_422_gives_the_reasons() -> None:
+    gen, _ = service(guard=FakeGuard(refuse=RefusalReason.MEMORY))
+    with pytest.raises(SchemaRefused, match=r"refused \(memory\)"):
+        await gen.prepare(request(SCORE))
+    guard = FakeGuard(refuse=RefusalReason.MEMORY, fallback_ok=False)
+    gen, _ = service(guard=guard, fallback="guidance")
+    with pytest.raises(SchemaRefused, match=r"refused \(memory\): too slow; and no way"):
+        await gen.prepare(request(SCORE))
+
+
+async def test_a_refusal_for_another_reason_never_falls_back() -> None:
+    guard = FakeGuard(refuse=RefusalReason.CRASHED)
+    gen, _ = service(guard=guard, fallback="guidance")
+    with pytest.raises(SchemaRefused, match="crashed"):
+        await gen.prepare(request(SCORE))
+    assert guard.engines == [None]
+
+
+async def test_a_fallback_engine_runs_with_the_tokens_there_are() -> None:
+    """It cannot close a document early: a client's smaller max_tokens, or the room the prompt
+    leaves, is what it gets (a cut document fails validation, is retried, then refused)."""
+    guard = FakeGuard(budget=40, refuse=RefusalReason.TIMEOUT, shortest=5)
+    gen, _ = service(guard=guard, fallback="guidance", max_model_len=100)
+    prepared = await gen.prepare(request(SCORE, max_tokens=20))
+    assert prepared.sampling.max_tokens == 20 and not prepared.sampling.budget_aware
+    prepared = await gen.prepare(request(SCORE, prompt="x" * 70))
+    assert prepared.sampling.max_tokens == 30 and not prepared.sampling.budget_aware

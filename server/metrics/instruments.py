@@ -53,6 +53,12 @@ SCHEMA_OUTCOMES = Counter(
     "generation). Validity rate: valid / (valid + invalid).",
     ["adapter", "outcome"],
 )
+SCHEMA_ENGINES = Counter(
+    "hotswap_schema_engine_requests_total",
+    "Requests with a JSON Schema sent to the engine, by the grammar engine that decodes them: "
+    "outlines, or the fallback (guidance, xgrammar) for schemas outlines cannot compile.",
+    ["adapter", "engine"],
+)
 LABELS = Counter(
     "hotswap_labels_total",
     "Labels produced per adapter, one series per label of its manifest plus __other__.",

@@ -7,8 +7,10 @@ The server's path for a request with a JSON Schema:
    or overflow (`check_safety`: non-local `$ref`s, non-RE2 patterns, exponential `$ref`
    fan-out, out-of-range numbers); `.bounded` is what the engine gets.
 3. `await guard.check(bounded)`: compile it in a sandboxed worker (timeout, memory limit);
-   refused -> 422 with `verdict.reason`; accepted -> `verdict.budget.max_tokens` is what a
-   complete document can need: `max_tokens` below it -> 422 stating the budget.
+   refused -> `guard.check(schema, fallback)` asks whether the fallback grammar engine
+   compiles it (`engine_extension`), else 422 with `verdict.reason`; accepted ->
+   `verdict.budget.max_tokens` is what a complete document can need: `max_tokens` below it
+   is served budget-aware down to `guard.min_tokens(bounded)` (`completions`), 422 below.
    Use the verdict's budget, computed in the sandbox: `document_budget` in-process parses the
    whole regex, which for a large schema is itself slow.
 4. Generate with the bounded schema; then `await validation_guard.validate(schema, text)`
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
         regex_for_schema,
     )
     from server.structured.compile_guard import CompileGuard, CompileVerdict, schema_digest
-    from server.structured.errors import RefusalReason, SchemaRefusedError
+    from server.structured.errors import RefusalReason, SchemaRefusedError, UnboundableSchema
     from server.structured.keywords import (
         UnenforcedKeyword,
         check_schema,
@@ -63,6 +65,7 @@ _EXPORTS = {
     "schema_digest": "compile_guard",
     "RefusalReason": "errors",
     "SchemaRefusedError": "errors",
+    "UnboundableSchema": "errors",
     "UnenforcedKeyword": "keywords",
     "check_schema": "keywords",
     "find_unenforced": "keywords",
@@ -84,6 +87,7 @@ __all__ = [
     "RefusalReason",
     "SchemaLimits",
     "SchemaRefusedError",
+    "UnboundableSchema",
     "UnenforcedKeyword",
     "ValidationGuard",
     "ValidationOutcome",

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from server.structured.budget import DocumentBudget
+from server.structured.engine_extension import FallbackEngine
 from server.structured.errors import RefusalReason
 from server.structured.vocabulary import DEFAULT_BUILD_TIMEOUT_S, ensure_vocabulary_file
 from server.structured.workers import WorkerPool, WorkerProcess
@@ -69,6 +70,9 @@ class CompileVerdict:
     regex_length: int | None = None
     grammar_bytes: int | None = None
     """Size of the compiled token index (serialized; the engine holds about 2.2 times this)."""
+    min_tokens: int | None = None
+    """Fewest tokens of a complete document, end-of-sequence included (`min_tokens` checks
+    only: plain checks leave it None)."""
     transient: bool = False
     """A refusal caused by the machine (the wall-clock limit under load): not cached."""
     cached: bool = False
@@ -126,6 +130,7 @@ class CompileGuard:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, CompileVerdict] = OrderedDict()
         self._inflight: dict[str, Future[CompileVerdict]] = {}
+        self._shortest: OrderedDict[str, int | None] = OrderedDict()
         self._vocab_file: Path | None = None
         self.hits = 0
         self.misses = 0
@@ -151,23 +156,26 @@ class CompileGuard:
         return self._pool.worker_pids()
 
     # -- checks ---------------------------------------------------------------------------
-    def cached(self, schema: Any) -> CompileVerdict | None:
+    def cached(self, schema: Any, fallback: FallbackEngine | None = None) -> CompileVerdict | None:
         """The cached verdict for `schema`, without compiling."""
         try:
             digest = schema_digest(schema)
         except (TypeError, ValueError):
             return None
         with self._lock:
-            return self._cache_get(digest)
+            return self._cache_get(_cache_key(digest, fallback))
 
-    def check_sync(self, schema: Any) -> CompileVerdict:
-        """Compile `schema` (as vLLM will receive it) in a worker, or answer from the cache."""
+    def check_sync(self, schema: Any, fallback: FallbackEngine | None = None) -> CompileVerdict:
+        """Compile `schema` (as vLLM will receive it) in a worker, or answer from the cache.
+        With `fallback`, check that this fallback engine compiles it instead (and measure the
+        longest document where the schema's regex can)."""
         try:
             digest = schema_digest(schema)
         except (TypeError, ValueError) as exc:
             return CompileVerdict(
                 ok=False, digest="", reason=RefusalReason.INVALID_SCHEMA, message=str(exc)
             )
+        digest = _cache_key(digest, fallback)
         with self._lock:
             if self._pool.closed:
                 raise RuntimeError("the compile guard is closed")
@@ -182,7 +190,7 @@ class CompileGuard:
         if not owner:
             return pending.result().as_cached()
         try:
-            verdict = self._compile(schema, digest)
+            verdict = self._compile(schema, digest, fallback=fallback)
         except BaseException as exc:
             with self._lock:
                 self._inflight.pop(digest, None)
@@ -198,13 +206,42 @@ class CompileGuard:
         pending.set_result(verdict)
         return verdict
 
-    async def check(self, schema: Any) -> CompileVerdict:
+    async def check(self, schema: Any, fallback: FallbackEngine | None = None) -> CompileVerdict:
         """`check_sync` for asyncio: cache hits answer at once, compiles run in guard threads
         (`WorkersBusy` when too many wait)."""
-        hit = self.cached(schema)
+        hit = self.cached(schema, fallback)
         if hit is not None:
             return hit
-        return await self._pool.submit(self.check_sync, schema)
+        return await self._pool.submit(self.check_sync, schema, fallback)
+
+    def min_tokens_sync(self, schema: Any) -> int | None:
+        """The fewest tokens a complete document of `schema` takes, end-of-sequence included
+        (`completions.ShortestCompletions`, measured in a worker under twice the compile
+        limits); None when it cannot be measured within them."""
+        digest = schema_digest(schema)
+        with self._lock:
+            if digest in self._shortest:
+                self._shortest.move_to_end(digest)
+                return self._shortest[digest]
+            if self._pool.closed:
+                raise RuntimeError("the compile guard is closed")
+        verdict = self._compile(schema, digest, shortest=True)
+        value = verdict.min_tokens if verdict.ok else None
+        with self._lock:
+            if not verdict.transient and self.cache_size:
+                self._shortest[digest] = value
+                while len(self._shortest) > self.cache_size:
+                    self._shortest.popitem(last=False)
+        return value
+
+    async def min_tokens(self, schema: Any) -> int | None:
+        """`min_tokens_sync` for asyncio, in the guard's threads (`WorkersBusy` when too many
+        wait)."""
+        with self._lock:
+            digest = schema_digest(schema)
+            if digest in self._shortest:
+                return self._shortest[digest]
+        return await self._pool.submit(self.min_tokens_sync, schema)
 
     # -- internals ------------------------------------------------------------------------
     def _cache_get(self, digest: str) -> CompileVerdict | None:
@@ -226,7 +263,13 @@ class CompileGuard:
         args = [str(self._ensure_vocab())]
         return WorkerProcess("server.structured._worker", self.memory_limit_mb, args)
 
-    def _compile(self, schema: Any, digest: str) -> CompileVerdict:
+    def _compile(
+        self,
+        schema: Any,
+        digest: str,
+        shortest: bool = False,
+        fallback: FallbackEngine | None = None,
+    ) -> CompileVerdict:
         try:
             schema_json = json.dumps(schema)  # what vLLM sends outlines
         except (TypeError, ValueError) as exc:
@@ -235,7 +278,12 @@ class CompileGuard:
             )
         worker = self._pool.acquire()
         started = time.perf_counter()
-        answer = worker.call({"schema": schema_json}, self.timeout_s, self.wall_timeout_s)
+        scale = 2 if shortest else 1  # the table costs about one more compilation
+        answer = worker.call(
+            {"schema": schema_json, "shortest": shortest, "fallback": fallback},
+            scale * self.timeout_s,
+            scale * self.wall_timeout_s,
+        )
         elapsed = time.perf_counter() - started
         if answer.stopped in ("cpu", "wall"):
             self._pool.retire(worker)
@@ -280,8 +328,8 @@ class CompileGuard:
 
     def _verdict(self, answer: dict[str, Any], digest: str) -> CompileVerdict:
         if answer.get("ok"):
-            grammar_bytes = int(answer["grammar_bytes"])
-            if grammar_bytes > self.max_grammar_mb << 20:
+            grammar_bytes = answer.get("grammar_bytes")  # none for a fallback engine's check
+            if grammar_bytes is not None and grammar_bytes > self.max_grammar_mb << 20:
                 return CompileVerdict(
                     ok=False,
                     digest=digest,
@@ -299,6 +347,7 @@ class CompileGuard:
                 budget=DocumentBudget(answer.get("max_chars"), answer.get("max_bytes")),
                 regex_length=answer.get("regex_length"),
                 grammar_bytes=grammar_bytes,
+                min_tokens=answer.get("min_tokens"),
             )
         return CompileVerdict(
             ok=False,
@@ -306,6 +355,10 @@ class CompileGuard:
             reason=RefusalReason(answer.get("reason", RefusalReason.CRASHED.value)),
             message=str(answer.get("message", "")),
         )
+
+
+def _cache_key(digest: str, fallback: FallbackEngine | None) -> str:
+    return digest if fallback is None else f"{fallback}:{digest}"
 
 
 __all__ = ["CompileGuard", "CompileVerdict", "schema_digest"]

@@ -5,10 +5,10 @@ Declared in pyproject.toml (`vllm.general_plugins`: `hotswap_grammar_cache`), so
 
 Why: vLLM's outlines backend keeps every compiled token index in `get_outlines_cache()`, an
 LRU of 128 entries whatever their size (`vllm/v1/structured_output/utils.py`). One index of the
-default model takes from under 1 MB to hundreds of MB (measured: serialized 7.5, 31, 57 and
-266 MB for four bounded corpus schemas; resident about 2.2 times that), so 128 of them are not
-a memory bound: serving distinct schemas one after another took the engine core from 0.8 to
-7.3 GB here before the LRU was full. `register()` makes the backend build a cache bounded by
+default model takes from under 1 MB to hundreds of MB serialized, and about 2.2 times that
+resident, so 128 of them are not a memory bound: 40 distinct corpus schemas in such an LRU
+already hold 1.9 GiB (`loadtests/bench_grammar_memory.py`; `docs/benchmarks.md`, "Memory under
+500 schemas"). `register()` makes the backend build a cache bounded by
 the bytes its indexes hold instead: `HOTSWAP_GRAMMAR_CACHE_MB` (default 512) megabytes of
 serialized index, the least recently used evicted first. An index is measured once, when it
 enters the cache (outlines_core's own serialization, about 3 ms per MB). A single index larger
@@ -40,7 +40,7 @@ def index_bytes(index: Any) -> int:
 
     The pickle protocol of outlines_core's Index hands back `(Index.from_binary, (bytes,))`; the
     length of those bytes grows with the index's states and transitions, which is what it holds
-    in memory (resident size measured here: about 2.2 times this).
+    in memory (resident about 2.2 times this: `loadtests/bench_grammar_memory.py`).
     """
     _, args = index.__reduce__()[:2]
     return len(args[0])

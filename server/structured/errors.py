@@ -38,3 +38,8 @@ class SchemaRefusedError(ValueError):
 
     def __reduce__(self) -> tuple[type[SchemaRefusedError], tuple[RefusalReason, str]]:
         return (type(self), (self.reason, self.message))
+
+
+class UnboundableSchema(SchemaRefusedError):
+    """A valid, safe schema that bounding cannot turn into a finite outlines grammar; a fallback
+    grammar engine may still decode it (reasons `UNSUPPORTED`, `UNBOUNDED`)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.structured.bounds import bound_schema
+from server.structured.errors import SchemaRefusedError, UnboundableSchema
 from server.structured.keywords import (
     DEFAULT_MAX_NODES,
     UnenforcedKeyword,
@@ -23,9 +24,15 @@ class PreparedSchema:
     original: dict[str, Any] | bool
     """What the user sent: documents are validated against this one."""
     bounded: dict[str, Any]
-    """What the engine gets (and the compile guard checks): a finite outlines grammar."""
+    """What the engine gets (and the compile guard checks): a finite outlines grammar; for a
+    schema only a fallback engine decodes, unbounded (`unbounded`), the original itself."""
     unenforced: tuple[UnenforcedKeyword, ...]
     """Keywords of `original` the grammar does not enforce."""
+
+    @classmethod
+    def unbounded(cls, schema: dict[str, Any]) -> PreparedSchema:
+        """A schema bounding refused, as a fallback engine decodes it: unchanged."""
+        return cls(schema, schema, ())
 
     @property
     def needs_validation(self) -> bool:
@@ -42,9 +49,13 @@ def prepare_schema(
 ) -> PreparedSchema:
     """Check, bound and inspect a schema; raises `SchemaRefusedError` (answer 422 with it).
 
-    A schema whose validation could fetch, hang or overflow is refused (`check_safety`)."""
+    A schema whose validation could fetch, hang or overflow is refused (`check_safety`); one
+    that is valid and safe but cannot be bounded raises `UnboundableSchema`."""
     check_schema(schema, max_nodes=max_nodes)
     limits = limits or SchemaLimits()
     check_safety(schema, limits)
-    bounded = bound_schema(schema, limits)
+    try:
+        bounded = bound_schema(schema, limits)
+    except SchemaRefusedError as exc:
+        raise UnboundableSchema(exc.reason, exc.message) from exc
     return PreparedSchema(schema, bounded, tuple(find_unenforced(schema, limits)))

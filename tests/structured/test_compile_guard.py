@@ -212,10 +212,9 @@ async def _two_checks(guard: CompileGuard) -> list[Any]:
     )
 
 
-def test_vocabulary_is_built_by_vllms_code(base_model_path: Path) -> None:
+def test_vocabulary_is_built_by_vllms_code(base_model_path: Path, guard: CompileGuard) -> None:
     """The cached vocabulary rebuilds the exact `outlines_core.Vocabulary` vLLM made."""
-    cache_dir = Path.home() / ".cache" / "hotswap" / "structured"
-    path = vocabulary_file(base_model_path, cache_dir)
+    path = vocabulary_file(base_model_path, guard.vocab_cache_dir)
     assert path.is_file()  # built by the session guard
     data = read_vocabulary_file(path)
     assert data["eos_token_id"] == 2
@@ -228,3 +227,41 @@ def test_vocabulary_is_built_by_vllms_code(base_model_path: Path) -> None:
 def test_limits_object_is_serialisable() -> None:
     limits = SchemaLimits(max_string_length=10)
     assert SchemaLimits.model_validate_json(limits.model_dump_json()) == limits
+
+
+TWO_NAMES = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "city": {"type": "string", "maxLength": 40},
+    },
+    "required": ["name", "city"],
+}
+
+
+def test_the_shortest_document_is_measured_in_tokens_and_cached(guard: CompileGuard) -> None:
+    bounded = bound_schema(TWO_NAMES)
+    shortest = guard.min_tokens_sync(bounded)
+    longest = guard.check_sync(bounded).budget
+    assert shortest is not None and longest is not None and longest.max_tokens is not None
+    # `{"name":"","city":""}` in a few tokens plus the end, far below the longest (two full
+    # 40-character strings at one token per byte)
+    assert 3 <= shortest <= 22 < longest.max_tokens
+    assert asyncio.run(guard.min_tokens(bounded)) == shortest  # from the cache
+
+
+@pytest.mark.parametrize("engine", ["guidance", "xgrammar"])
+def test_a_fallback_engine_checks_what_outlines_cannot_compile(
+    guard: CompileGuard, engine: Any
+) -> None:
+    verdict = guard.check_sync(HOSTILE, engine)  # minutes for outlines, milliseconds here
+    assert verdict.ok, verdict
+    assert verdict.budget is not None and verdict.budget.max_bytes is not None
+    assert verdict.budget.max_bytes >= 6000
+    assert guard.cached(HOSTILE, engine) is not None and guard.cached(HOSTILE) is None
+
+
+def test_a_fallback_engine_refuses_what_it_cannot_compile_either(guard: CompileGuard) -> None:
+    verdict = guard.check_sync({"type": "string", "pattern": "^(a)\\1$"}, "guidance")
+    assert not verdict.ok and verdict.reason is RefusalReason.UNSUPPORTED
+    assert "guidance cannot compile it" in verdict.message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from adapters.manifest import TaskSpec
 from server.catalog import ServedModel
@@ -45,20 +45,42 @@ class FakeEngine:
 
 
 class FakeGuard:
-    """A compile guard that accepts every schema with a fixed token budget (None: unknown),
-    or refuses every one with `refuse`; records what it was asked to compile."""
+    """A compile guard that accepts every schema with a fixed token budget (None: unknown)
+    and shortest document (`shortest`; None: not measurable), or refuses every one with
+    `refuse`; a fallback engine's check accepts (`fallback_ok`) or refuses. Records what it
+    was asked to compile, and for which engine."""
 
-    def __init__(self, budget: int | None = None, refuse: RefusalReason | None = None) -> None:
+    def __init__(
+        self,
+        budget: int | None = None,
+        refuse: RefusalReason | None = None,
+        shortest: int | None = None,
+        fallback_ok: bool = True,
+    ) -> None:
         self.budget = budget
         self.refuse = refuse
+        self.shortest = shortest
+        self.fallback_ok = fallback_ok
         self.checked: list[Any] = []
+        self.engines: list[str | None] = []
 
-    async def check(self, schema: Any) -> CompileVerdict:
+    async def check(self, schema: Any, fallback: str | None = None) -> CompileVerdict:
         self.checked.append(schema)
+        self.engines.append(fallback)
+        size = None if self.budget is None else self.budget - 1
+        budget = DocumentBudget(size, size)
+        if fallback is not None:
+            if not self.fallback_ok:
+                return CompileVerdict(
+                    ok=False, digest="d", reason=RefusalReason.UNSUPPORTED, message="no way"
+                )
+            return CompileVerdict(ok=True, digest="d", budget=budget)
         if self.refuse is not None:
             return CompileVerdict(ok=False, digest="d", reason=self.refuse, message="too slow")
-        size = None if self.budget is None else self.budget - 1
-        return CompileVerdict(ok=True, digest="d", budget=DocumentBudget(size, size))
+        return CompileVerdict(ok=True, digest="d", budget=budget, grammar_bytes=1024)
+
+    async def min_tokens(self, schema: Any) -> int | None:
+        return self.shortest
 
 
 LORA = LoraTarget("a@1", 7, Path("/tmp/a"))
@@ -88,6 +110,7 @@ def service(
     max_in_flight: int = 8,
     guard: FakeGuard | None = None,
     max_retries: int = 2,
+    fallback: Literal["guidance", "xgrammar"] | None = None,
 ) -> tuple[GenerationService, FakeEngine]:
     engine = FakeEngine(reply)
     gen = GenerationService(
@@ -97,6 +120,10 @@ def service(
         16,
         max_in_flight,
         LabelTracker(),
-        SchemaPolicy(guard if guard is not None else FakeGuard(), max_retries=max_retries),
+        SchemaPolicy(
+            guard if guard is not None else FakeGuard(),
+            max_retries=max_retries,
+            fallback=fallback,
+        ),
     )
     return gen, engine
