@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import jinja2
 
-from adapters.json_grammar import structured_outputs_kwargs
 from server.base_model import BaseModel
 from server.errors import EngineUnavailable, InvalidRequest
 from server.metrics.instruments import ADAPTER_COLD_LOADS
 from server.settings import Settings
+from server.structured.engine_extension import FallbackEngine, structured_request
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class LoraTarget:
     path: Path
 
 
+# Log-probabilities vLLM reports as -inf are sent as this (JSON has no infinity), as vLLM does.
+MIN_LOGPROB = -9999.0
 # vLLM seeds a torch generator (64-bit; its newer model runner keeps seeds in an int64 array)
 # and reads -1 as "no seed": a seed is 0 to 2**63 - 1.
 MAX_SEED = 2**63 - 1
@@ -58,16 +60,56 @@ class Sampling:
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     json_schema: dict[str, Any] | None = None
+    n: int = 1
+    """Choices generated from the one prompt (vLLM fans them out; each seed is `seed + index`)."""
+    logprobs: int | None = None
+    """None: no log-probabilities; k >= 0: each token's, with the k most likely alternatives."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    """Added to the logits of these token ids before sampling."""
+    budget_aware: bool = False
+    """Under `json_schema`, close the document validly within `max_tokens` (budget-aware
+    decoding, `server.structured.engine_extension`): set when `max_tokens` is below the
+    longest document the schema allows."""
+    grammar_engine: FallbackEngine | None = None
+    """Under `json_schema`, the fallback grammar engine that decodes it (None: the configured
+    backend, outlines by default)."""
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a position."""
+
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token, its log-probability and the most likely tokens at its position.
+    The figures are vLLM's raw log-probabilities: the model's distribution before
+    temperature, penalties, logit bias and any grammar mask."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One step of a running request: the new text and the counts so far."""
+    """One step of one choice of a running request: the new text and the counts so far
+    (`completion_tokens` counts this choice's tokens)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The new tokens' log-probabilities when the request asked for them."""
 
 
 def _stop_starting_engine_cores() -> None:
@@ -230,14 +272,20 @@ class Engine:
         finally:
             task.cancel()
 
-    def render_chat(self, messages: Sequence[Mapping[str, object]]) -> list[int]:
-        """Token ids of a chat conversation framed by the model's chat template. A template
-        error is the messages' fault (the template refuses their roles or order): 422 with a
-        fixed message, its text logged only. Blocks (CPU): call it from a worker thread."""
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, object]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
+        """Token ids of a chat conversation framed by the model's chat template, `tools`
+        handed to a template with tool support. A template error is the messages' fault (the
+        template refuses their roles or order): 422 with a fixed message, its text logged
+        only. Blocks (CPU): call it from a worker thread."""
         self._require()
+        extra = {"tools": list(tools)} if tools else {}
         try:
             text = self._tokenizer.apply_chat_template(
-                list(messages), add_generation_prompt=True, tokenize=False
+                list(messages), add_generation_prompt=True, tokenize=False, **extra
             )
         except jinja2.TemplateError as exc:
             logger.info("The chat template refused a request's messages: %s", exc)
@@ -246,6 +294,17 @@ class Engine:
                 "roles and order (some templates need user and assistant turns to alternate)."
             ) from None
         return self.tokenize(text)
+
+    def chat_template_takes_tools(self) -> bool:
+        """Whether the model's chat template renders `tools` (its source mentions them)."""
+        self._require()
+        return "tools" in str(getattr(self._tokenizer, "chat_template", None) or "")
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to `vocab_size - 1` (the tokenizer's, added tokens included)."""
+        self._require()
+        return len(self._tokenizer)
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text`. Blocks (CPU): call it from a worker thread for a request."""
@@ -294,29 +353,38 @@ class Engine:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         llm = self._require()
-        params = SamplingParams(
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-            stop=list(sampling.stop) or None,
-            output_kind=RequestOutputKind.DELTA,
-            structured_outputs=(
-                StructuredOutputsParams(
-                    **structured_outputs_kwargs(
-                        sampling.json_schema, self._settings.structured_outputs_backend
-                    )
-                )
-                if sampling.json_schema is not None
-                else None
-            ),
+        structured, extra_args = structured_request(
+            sampling.json_schema,
+            self._settings.structured_outputs_backend,
+            budget_aware=sampling.budget_aware,
+            engine=sampling.grammar_engine,
         )
+        try:
+            params = SamplingParams(
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed,
+                stop=list(sampling.stop) or None,
+                n=sampling.n,
+                logprobs=sampling.logprobs,
+                presence_penalty=sampling.presence_penalty,
+                frequency_penalty=sampling.frequency_penalty,
+                logit_bias=dict(sampling.logit_bias) or None,
+                output_kind=RequestOutputKind.DELTA,
+                structured_outputs=(
+                    StructuredOutputsParams(**structured) if structured is not None else None
+                ),
+                extra_args=extra_args,
+            )
+        except (ValueError, VLLMClientError) as exc:  # vLLM's checks of the knobs
+            raise InvalidRequest(f"The engine refused the request: {exc}") from exc
         lora_request = None
         if lora is not None:
             lora_request = LoRARequest(lora.name, lora.lora_int_id, str(lora.path))
             if self._touch(lora.lora_int_id):
                 ADAPTER_COLD_LOADS.labels(lora.name.partition("@")[0]).inc()
-        completion_tokens = 0
+        completion_tokens = [0] * sampling.n
         try:
             (engine_input,) = await llm.renderer.render_cmpl_async(
                 [TokensPrompt(prompt_token_ids=prompt_token_ids)]
@@ -324,14 +392,16 @@ class Engine:
             outputs = llm.generate(engine_input, params, request_id, lora_request=lora_request)
             async with contextlib.aclosing(outputs):
                 async for out in outputs:
-                    step = out.outputs[0]
-                    completion_tokens += len(step.token_ids)
-                    yield Chunk(
-                        text=step.text,
-                        prompt_tokens=len(prompt_token_ids),
-                        completion_tokens=completion_tokens,
-                        finish_reason=step.finish_reason if out.finished else None,
-                    )
+                    for step in out.outputs:  # the choices that moved (DELTA: new tokens only)
+                        completion_tokens[step.index] += len(step.token_ids)
+                        yield Chunk(
+                            text=step.text,
+                            prompt_tokens=len(prompt_token_ids),
+                            completion_tokens=completion_tokens[step.index],
+                            finish_reason=step.finish_reason,
+                            index=step.index,
+                            logprobs=_logprobs(step, sampling.logprobs),
+                        )
         except EngineDeadError as exc:
             raise EngineUnavailable(_DIED) from exc
         except (ValueError, VLLMClientError) as exc:  # vLLM's request validation
@@ -340,3 +410,34 @@ class Engine:
             if not llm.errored:
                 raise
             raise EngineUnavailable(_DIED) from exc
+
+
+def _logprobs(step: Any, top: int | None) -> tuple[TokenLogprob, ...]:
+    """A vLLM `CompletionOutput`'s per-token log-probabilities in hotswap's types: the
+    sampled token's, and the `top` most likely at each position (by vLLM's rank)."""
+    if top is None or not step.logprobs:
+        return ()
+    tokens = []
+    for token_id, position in zip(step.token_ids, step.logprobs, strict=False):
+        ranked = sorted(
+            (
+                (entry.rank, TopLogprob(tid, entry.decoded_token or "", _finite(entry.logprob)))
+                for tid, entry in position.items()
+                if entry.rank is not None and entry.rank <= top
+            ),
+            key=lambda pair: pair[0],
+        )
+        chosen = position[token_id]
+        tokens.append(
+            TokenLogprob(
+                token_id,
+                chosen.decoded_token or "",
+                _finite(chosen.logprob),
+                tuple(entry for _, entry in ranked[:top]),
+            )
+        )
+    return tuple(tokens)
+
+
+def _finite(logprob: float) -> float:
+    return max(logprob, MIN_LOGPROB)

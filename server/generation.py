@@ -13,25 +13,45 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.catalog import ModelCatalog, ServedModel
-from server.engine import MAX_SEED, Chunk, Engine, Sampling
+from server.engine import MAX_SEED, Chunk, Engine, Sampling, TokenLogprob
 from server.errors import HotswapError, InvalidRequest, PromptTooLong, QueueFull
-from server.metrics.instruments import SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
+from server.metrics.instruments import SCHEMA_ENGINES, SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
 from server.metrics.labels import LabelTracker
 from server.metrics.requests import RequestRecorder, record_refusal
-from server.schema_policy import RETRY_MIN_TEMPERATURE, AdmittedSchema, SchemaPolicy
+from server.schema_policy import (
+    RETRY_MIN_TEMPERATURE,
+    AdmittedSchema,
+    SchemaBudgetTooSmall,
+    SchemaPolicy,
+)
 from server.structured import ValidationOutcome
+from server.tool_calls.prompt import render_chat
+from server.tool_calls.spec import ToolPlan
+
+DEFAULT_MAX_N = 8
+JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
+"""`response_format: json_object`: the answer is validated against this schema and decoded
+with its grammar as outlines builds it (any JSON object, containers nested at most 3 deep;
+compiled once per engine, about 5 s). Its sizes are unbounded, so it runs with the request's
+`max_tokens` (or the default) and budget-aware decoding closes the object within it."""
+JSON_OBJECT_MIN_TOKENS = 3
+"""`{`, `}` and end-of-sequence: the fewest tokens of a JSON object under any byte-level
+vocabulary."""
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One inference request in hotswap's terms. Exactly one input is given: `messages` (chat,
-    framed by the chat template), `prompt` (raw text, sent as is) or `task_input` (text framed
-    by the adapter's task: its system message and template, and its output schema unless
-    `json_schema` is given)."""
+    framed by the chat template), `prompt` (raw text, sent as is), `prompt_token_ids` (token
+    ids, checked against the vocabulary) or `task_input` (text framed by the adapter's task:
+    its system message and template, and its output schema unless `json_schema` is given).
+    `n` choices are generated; `logprobs` k asks for each token's log-probability and the k
+    most likely alternatives. `json_object` asks for any JSON object."""
 
     model: str | None
     messages: Sequence[Mapping[str, object]] | None = None
     prompt: str | None = None
+    prompt_token_ids: Sequence[int] | None = None
     task_input: str | None = None
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -39,8 +59,20 @@ class GenerationRequest:
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     json_schema: dict[str, Any] | None = None
+    tools: ToolPlan | None = None
+    """Tools offered to the model in the prompt of `messages` (`server.tool_calls`)."""
+    json_object: bool = False
+    n: int = 1
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
     protocol: str = "http"
     route: str = "generate"
+
+
+GRAMMAR_ENGINE_HEADER = "x-hotswap-grammar-engine"
+"""Header (HTTP) and metadata key (gRPC) naming the grammar engine of a constrained answer."""
 
 
 @dataclass(frozen=True)
@@ -55,18 +87,26 @@ class PreparedRequest:
     route: str
     schema: AdmittedSchema | None = None
 
+    @property
+    def grammar_engine(self) -> str | None:
+        """The grammar engine that decodes it (outlines, guidance, xgrammar); None without a
+        schema."""
+        return None if self.schema is None else self.schema.grammar_engine
+
 
 @dataclass
 class GenerationResult:
-    """What a request produced; filled in as its stream runs."""
+    """What one choice of a request produced; filled in as its stream runs."""
 
     model: ServedModel
+    index: int = 0
     text: str = ""
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     output: Any = None
     valid: bool | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class GenerationService:
@@ -89,10 +129,12 @@ class GenerationService:
         labels: LabelTracker,
         schemas: SchemaPolicy | None = None,
         max_prompt_chars: int | None = None,
+        max_n: int = DEFAULT_MAX_N,
     ) -> None:
         """`schemas` admits and judges JSON Schemas; the default bounds and validates them but
         runs no compile guard (the server always passes one built on its guard).
-        `max_prompt_chars` unset: `PROMPT_CHARS_PER_TOKEN` per token of `max_model_len`."""
+        `max_prompt_chars` unset: `PROMPT_CHARS_PER_TOKEN` per token of `max_model_len`.
+        `max_n`: choices one call may ask for, all its prompts together."""
         self._engine = engine
         self._schemas = schemas if schemas is not None else SchemaPolicy(None)
         self._catalog = catalog
@@ -100,6 +142,7 @@ class GenerationService:
         self._max_prompt_chars = max_prompt_chars or self.PROMPT_CHARS_PER_TOKEN * max_model_len
         self._default_max_tokens = default_max_tokens
         self._max_in_flight = max_in_flight
+        self._max_n = max_n
         self._in_flight = 0
         self._labels = labels
         # model references that resolved -> the adapter label their metrics carry
@@ -110,20 +153,38 @@ class GenerationService:
         naming the problem (and counts the refusal). A schema is bounded and compiled in the
         sandbox here, before the engine sees it; with one, `max_tokens` is at least what its
         longest document needs (unset: exactly that), so a document is never cut."""
+        (prepared,) = await self.prepare_all([request])
+        return prepared
+
+    async def prepare_all(self, requests: Sequence[GenerationRequest]) -> list[PreparedRequest]:
+        """`prepare` for the prompts of one call (completions' list of prompts): their choices
+        together are at most `max_n` and count `n` each against the in-flight limit."""
+        first = requests[0]
         try:
-            if self._in_flight >= self._max_in_flight:
+            choices = sum(request.n for request in requests)
+            if choices > self._max_n or min(request.n for request in requests) < 1:
+                shown = f"{first.n} for {len(requests)} prompts" if len(requests) > 1 else first.n
+                raise InvalidRequest(
+                    f"`n` is {shown}: {choices} choices, the limit is {self._max_n} "
+                    "(n times the number of prompts)."
+                )
+            if any(r.n > 1 and r.temperature == 0 for r in requests):
+                raise InvalidRequest(
+                    "`n` > 1 needs a `temperature` above 0: greedy choices would all be the same."
+                )
+            if self._in_flight + choices > self._max_in_flight:
                 raise QueueFull(
                     f"{self._in_flight} requests are in flight, the limit is "
                     f"{self._max_in_flight}; retry later."
                 )
-            self._in_flight += 1  # a request being prepared (in worker threads) counts too
+            self._in_flight += choices  # requests being prepared (in worker threads) count too
             try:
-                return await self._prepare(request)
+                return [await self._prepare(request) for request in requests]
             finally:
-                self._in_flight -= 1
+                self._in_flight -= choices
         except HotswapError as exc:
-            adapter = self._metric_names.get(request.model, UNKNOWN_ADAPTER)
-            record_refusal(adapter, request.protocol, request.route, exc.code)
+            adapter = self._metric_names.get(first.model, UNKNOWN_ADAPTER)
+            record_refusal(adapter, first.protocol, first.route, exc.code)
             raise
 
     async def _prepare(self, request: GenerationRequest) -> PreparedRequest:
@@ -142,14 +203,21 @@ class GenerationService:
             )
             if schema is None and task is not None:
                 schema = task.output_schema
+        self._check_token_ids(request)
         if messages is not None:
-            prompt_ids = await asyncio.to_thread(self._engine.render_chat, messages)
+            prompt_ids = await asyncio.to_thread(render_chat, self._engine, messages, request.tools)
         elif request.prompt is not None:
             prompt_ids = await asyncio.to_thread(self._engine.tokenize, request.prompt)
+        elif request.prompt_token_ids is not None:
+            prompt_ids = list(request.prompt_token_ids)
         else:
             raise InvalidRequest("The request has no input.")
         if not prompt_ids:
             raise InvalidRequest("The prompt is empty.")
+        if request.json_object:
+            if schema is not None:
+                raise InvalidRequest("Ask for a JSON Schema or for `json_object`, not both.")
+            schema = JSON_OBJECT_SCHEMA
         admitted: AdmittedSchema | None = None
         if schema is not None:
             try:
@@ -157,15 +225,42 @@ class GenerationService:
             except InvalidRequest:
                 SCHEMA_OUTCOMES.labels(model.name, "refused").inc()
                 raise
-        max_tokens = self._budget(len(prompt_ids), request.max_tokens, admitted, model.name)
+        max_tokens, budget_aware = await self._budget(
+            len(prompt_ids),
+            request.max_tokens,
+            None if request.json_object else admitted,
+            model.name,
+        )
+        if request.json_object and self._schemas.budget_decoding:
+            if max_tokens < JSON_OBJECT_MIN_TOKENS:
+                raise SchemaBudgetTooSmall(
+                    f"max_tokens={max_tokens} is below the {JSON_OBJECT_MIN_TOKENS} tokens the "
+                    "shortest JSON object needs (end-of-sequence included)."
+                )
+            budget_aware = True
         sampling = Sampling(
             max_tokens=max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
             stop=tuple(request.stop),
-            json_schema=admitted.bounded if admitted is not None else None,
+            json_schema=(
+                JSON_OBJECT_SCHEMA
+                if request.json_object
+                else admitted.bounded
+                if admitted is not None
+                else None
+            ),
+            budget_aware=budget_aware,
+            grammar_engine=admitted.fallback if admitted is not None else None,
+            n=request.n,
+            logprobs=request.logprobs,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logit_bias=dict(request.logit_bias),
         )
+        if admitted is not None:
+            SCHEMA_ENGINES.labels(model.name, admitted.grammar_engine).inc()
         return PreparedRequest(
             model=model,
             prompt_token_ids=prompt_ids,
@@ -178,11 +273,27 @@ class GenerationService:
     def _check_length(self, request: GenerationRequest) -> None:
         """Refuse a prompt over `max_prompt_chars` characters, before any work on it."""
         if request.messages is not None:
-            field, chars = "messages", sum(len(str(m.get("content", ""))) for m in request.messages)
+            field, chars = (
+                "messages",
+                sum(
+                    len(str(m.get("content", ""))) + len(str(m.get("tool_calls") or ""))
+                    for m in request.messages
+                ),
+            )
+            if request.tools is not None:
+                field, chars = "messages` with `tools", chars + request.tools.prompt_chars()
         elif request.prompt is not None:
             field, chars = "prompt", len(request.prompt)
         elif request.task_input is not None:
             field, chars = "input", len(request.task_input)
+        elif request.prompt_token_ids is not None:
+            tokens = len(request.prompt_token_ids)
+            if tokens > self._max_model_len:
+                raise PromptTooLong(
+                    f"`prompt` is {tokens} token ids, over the context of "
+                    f"{self._max_model_len} tokens."
+                )
+            return
         else:
             return
         if chars > self._max_prompt_chars:
@@ -190,6 +301,21 @@ class GenerationService:
                 f"`{field}` is {chars} characters long, over the limit of "
                 f"{self._max_prompt_chars} characters."
             )
+
+    def _check_token_ids(self, request: GenerationRequest) -> None:
+        """Refuse prompt token ids and `logit_bias` keys outside the model's vocabulary."""
+        if request.prompt_token_ids is None and not request.logit_bias:
+            return
+        vocab = self._engine.vocab_size
+        for name, ids in (
+            ("prompt", request.prompt_token_ids or ()),
+            ("logit_bias", request.logit_bias),
+        ):
+            bad = next((i for i in ids if not 0 <= i < vocab), None)
+            if bad is not None:
+                raise InvalidRequest(
+                    f"`{name}` holds token id {bad}, outside the vocabulary (0 to {vocab - 1})."
+                )
 
     def _remember(self, ref: str | None, name: str) -> None:
         """Remember that `ref` names the adapter `name`, forgetting the least recent ref past
@@ -199,13 +325,15 @@ class GenerationService:
         if len(self._metric_names) > self.REMEMBERED_REFS:
             self._metric_names.popitem(last=False)
 
-    def _budget(
+    async def _budget(
         self,
         prompt_tokens: int,
         max_tokens: int | None,
         admitted: AdmittedSchema | None = None,
         adapter: str = "",
-    ) -> int:
+    ) -> tuple[int, bool]:
+        """The max_tokens to run with, and whether the engine must close the schema's document
+        within it (budget-aware decoding)."""
         limit = self._max_model_len
         if max_tokens is not None and max_tokens > limit:
             raise InvalidRequest(
@@ -217,86 +345,119 @@ class GenerationService:
                 f"The prompt is {prompt_tokens} tokens, {prompt_tokens - limit + 1} more than "
                 f"the context of {limit} tokens leaves room for (at least 1 token to generate)."
             )
+        plan = None
         if admitted is not None:
             try:
-                needed = self._schemas.max_tokens(admitted, max_tokens, room, limit)
+                plan = await self._schemas.token_plan(admitted, max_tokens, room, limit)
             except HotswapError:
                 SCHEMA_OUTCOMES.labels(adapter, "refused").inc()
                 raise
-            if needed is not None and max_tokens is None:
-                return needed
         if max_tokens is None:
-            return min(self._default_max_tokens, room)
+            if plan is not None:
+                return plan.max_tokens, plan.budget_aware
+            return min(self._default_max_tokens, room), False
         if max_tokens > room:
             raise PromptTooLong(
                 f"The prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is "
                 f"{prompt_tokens + max_tokens - limit} tokens over the context of {limit}."
             )
-        return max_tokens
+        return max_tokens, plan is not None and plan.budget_aware
 
     async def stream(
-        self, prepared: PreparedRequest, request_id: str, result: GenerationResult | None = None
+        self,
+        prepared: PreparedRequest,
+        request_id: str,
+        results: list[GenerationResult] | None = None,
     ) -> AsyncGenerator[Chunk, None]:
-        """The engine's chunks as they come; closing the iterator aborts the request. When the
-        stream ends, `result` (if given) holds the whole text, parsed and validated; under a
-        schema, a document that fails it raises `SchemaViolation` after the last chunk (text
-        already sent cannot be retried: `complete` retries)."""
-        result = result if result is not None else GenerationResult(model=prepared.model)
-        async with aclosing(self._attempt(prepared, request_id, result)) as chunks:
+        """The engine's chunks as they come, each choice's tagged with its `index`; closing the
+        iterator aborts the request. When the stream ends, `results` (if given, filled in here)
+        holds each choice's whole text, parsed and validated; under a schema, a choice that
+        fails it raises `SchemaViolation` after the last chunk (text already sent cannot be
+        retried: `complete` retries)."""
+        results = _fresh(prepared, results)
+        async with aclosing(self._attempt(prepared, request_id, results)) as chunks:
             async for chunk in chunks:
                 yield chunk
-        outcome = await self._judge(prepared, result, retrying=False)
-        if outcome is not None and not outcome.valid and prepared.schema is not None:
-            raise self._schemas.violation(prepared.schema, outcome, attempts=1)
+        for result in results:
+            outcome = await self._judge(prepared, result, retrying=False)
+            if outcome is not None and not outcome.valid and prepared.schema is not None:
+                raise self._schemas.violation(prepared.schema, outcome, attempts=1)
 
-    async def complete(self, prepared: PreparedRequest, request_id: str) -> GenerationResult:
-        """Run to the end and return the whole text. Under a schema the document validates
-        against the user's schema: one that does not is generated again (up to the policy's
-        `max_retries`, another seed, temperature > 0, counted `retried`); the last failure
-        raises `SchemaViolation`. Usage counts the returned attempt only."""
+    async def complete(self, prepared: PreparedRequest, request_id: str) -> list[GenerationResult]:
+        """Run to the end and return each choice's whole text, in `index` order. Under a schema
+        every choice validates against the user's schema: one that does not is generated again
+        on its own (up to the policy's `max_retries`, another seed, temperature > 0, counted
+        `retried`); a choice's last failure raises `SchemaViolation`. Usage counts the returned
+        attempts only."""
         retries = self._schemas.max_retries if prepared.schema is not None else 0
-        for attempt in range(retries + 1):
-            run = prepared if attempt == 0 else _retry(prepared, attempt)
-            result = GenerationResult(model=prepared.model)
-            run_id = request_id if attempt == 0 else f"{request_id}-retry{attempt}"
-            async with aclosing(self._attempt(run, run_id, result)) as chunks:
-                async for _ in chunks:
-                    pass
-            outcome = await self._judge(prepared, result, retrying=attempt < retries)
-            if outcome is None or outcome.valid:
-                return result
-        assert prepared.schema is not None and outcome is not None
-        raise self._schemas.violation(prepared.schema, outcome, attempts=retries + 1)
+        results = _fresh(prepared)
+        await _drain(self._attempt(prepared, request_id, results))
+        failing = await self._failing(prepared, results, retrying=retries > 0)
+        for attempt in range(1, retries + 1):
+            for index in list(failing):
+                rerun = [GenerationResult(model=prepared.model, index=index)]
+                run_id = f"{request_id}-{index}-retry{attempt}"
+                await _drain(self._attempt(_retry(prepared, index, attempt), run_id, rerun))
+                results[index] = rerun[0]
+            failing = await self._failing(
+                prepared, [results[i] for i in failing], retrying=attempt < retries
+            )
+        if failing:
+            assert prepared.schema is not None
+            raise self._schemas.violation(
+                prepared.schema, next(iter(failing.values())), attempts=retries + 1
+            )
+        return results
+
+    async def _failing(
+        self, prepared: PreparedRequest, results: list[GenerationResult], retrying: bool
+    ) -> dict[int, ValidationOutcome]:
+        """The choices among `results` whose document fails the schema, by index."""
+        failing = {}
+        for result in results:
+            outcome = await self._judge(prepared, result, retrying)
+            if outcome is not None and not outcome.valid:
+                failing[result.index] = outcome
+        return failing
 
     async def _attempt(
-        self, prepared: PreparedRequest, request_id: str, result: GenerationResult
+        self, prepared: PreparedRequest, request_id: str, results: list[GenerationResult]
     ) -> AsyncGenerator[Chunk, None]:
-        """One engine run; fills in `result` (text, counts) as it goes."""
-        result.prompt_tokens = len(prepared.prompt_token_ids)
+        """One engine run of `len(results)` choices; fills in `results` (text, counts,
+        log-probabilities) as it goes, the engine's choice i into `results[i]`."""
         model = prepared.model
         recorder = RequestRecorder(
             model.name, str(model.version or ""), prepared.protocol, prepared.route
         )
-        parts: list[str] = []
+        for result in results:
+            result.prompt_tokens = len(prepared.prompt_token_ids)
+        parts: list[list[str]] = [[] for _ in results]
         status = "aborted"
-        self._in_flight += 1
+        self._in_flight += len(results)
         try:
             async for chunk in self._engine.generate(
                 prepared.prompt_token_ids, prepared.sampling, request_id, model.lora
             ):
-                recorder.token(chunk.completion_tokens)
-                parts.append(chunk.text)
+                result = results[chunk.index]
+                parts[chunk.index].append(chunk.text)
                 result.completion_tokens = chunk.completion_tokens
                 result.finish_reason = chunk.finish_reason
-                yield chunk
+                result.logprobs.extend(chunk.logprobs)
+                recorder.token(sum(r.completion_tokens for r in results))
+                yield dataclasses.replace(chunk, index=result.index)
             status = "ok"
         except HotswapError as exc:
             status = exc.code
             raise
         finally:
-            self._in_flight -= 1
-            recorder.finish(status, result.prompt_tokens, result.completion_tokens)
-        result.text = "".join(parts)
+            self._in_flight -= len(results)
+            recorder.finish(
+                status,
+                len(prepared.prompt_token_ids),
+                sum(r.completion_tokens for r in results),
+            )
+        for result, texts in zip(results, parts, strict=True):
+            result.text = "".join(texts)
 
     async def _judge(
         self, prepared: PreparedRequest, result: GenerationResult, retrying: bool
@@ -318,12 +479,31 @@ class GenerationService:
         return outcome
 
 
-def _retry(prepared: PreparedRequest, attempt: int) -> PreparedRequest:
-    """The same request with another seed and a temperature that lets it differ."""
+def _fresh(
+    prepared: PreparedRequest, results: list[GenerationResult] | None = None
+) -> list[GenerationResult]:
+    """`results` (empty, or one empty result per choice) filled with a result per choice."""
+    results = results if results is not None else []
+    results[:] = [
+        GenerationResult(model=prepared.model, index=i) for i in range(prepared.sampling.n)
+    ]
+    return results
+
+
+async def _drain(chunks: AsyncGenerator[Chunk, None]) -> None:
+    async with aclosing(chunks):
+        async for _ in chunks:
+            pass
+
+
+def _retry(prepared: PreparedRequest, index: int, attempt: int) -> PreparedRequest:
+    """Choice `index` of the request alone, with another seed (the engine seeds choice i with
+    `seed + i`) and a temperature that lets it differ."""
     sampling = prepared.sampling
     retry = dataclasses.replace(
         sampling,
-        seed=((sampling.seed or 0) + attempt) % (MAX_SEED + 1),
+        n=1,
+        seed=((sampling.seed or 0) + index + attempt * sampling.n) % (MAX_SEED + 1),
         temperature=max(sampling.temperature, RETRY_MIN_TEMPERATURE),
     )
     return dataclasses.replace(prepared, sampling=retry)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from server.errors import InvalidRequest, PayloadTooLarge
 from server.generation import GenerationRequest
-from server.task_request import GenerateRequest
+from server.task_request import GenerateRequest, logprobs_count
 
 
 def parse_generate(fields: Mapping[str, Any]) -> GenerateRequest:
@@ -46,6 +46,8 @@ def generation_request(body: GenerateRequest, protocol: str) -> GenerationReques
         top_p=body.top_p,
         seed=body.seed,
         json_schema=body.json_schema,
+        n=body.n,
+        logprobs=logprobs_count(body.logprobs, body.top_logprobs),
         protocol=protocol,
         route="generate",
     )

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(
         default=256, ge=1, description="Requests waiting or running at once; more get 429/503."
     )
+    max_n: int = Field(
+        default=8,
+        ge=1,
+        description="Choices one request may ask for (`n`; on completions, `n` times the number "
+        "of prompts); each counts against `max_queued_requests`.",
+    )
     dtype: Dtype = Field(
         default="auto", description="Weights dtype; `auto` is bfloat16 on CPU, the model's on GPU."
     )
@@ -106,7 +112,22 @@ class Settings(BaseSettings):
         default=128,
         ge=1,
         description="Largest compiled grammar (serialized token index, MB) a schema may need; "
-        "more: 422. The engine holds about 2.2 times this in memory while it is cached.",
+        "more: 422. The engine holds about 2.2 times this in memory while it is cached "
+        "(loadtests/bench_grammar_memory.py).",
+    )
+    schema_fallback_engine: Literal["guidance", "xgrammar", "none"] = Field(
+        default="guidance",
+        description="Grammar engine for JSON Schemas outlines cannot compile within the limits "
+        "or express (outlines backend only): checked in the compile sandbox, then decoded by "
+        "vLLM's llguidance or xgrammar backend for that request; `none`: such schemas get 422.",
+    )
+    schema_budget_max_grammar_mb: int = Field(
+        default=64,
+        ge=0,
+        description="Largest grammar (serialized token index, MB) decoded budget-aware: a "
+        "max_tokens below the schema's longest document is honoured (the document is closed "
+        "within it) for grammars up to this size; larger ones need the longest document's "
+        "budget (0: never). The engine holds a table about the index's size per such grammar.",
     )
     grammar_cache_mb: int = Field(
         default=512,
@@ -204,3 +225,9 @@ class Settings(BaseSettings):
         description="Where each engine replica writes its scrape address for Prometheus "
         "(file_sd_configs); unset: <home>/ray/metrics-targets.",
     )
+
+    def schema_fallback(self) -> Literal["guidance", "xgrammar"] | None:
+        """The fallback grammar engine in effect: only beside the outlines backend."""
+        if self.structured_outputs_backend != "outlines" or self.schema_fallback_engine == "none":
+            return None
+        return self.schema_fallback_engine

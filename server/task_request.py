@@ -6,11 +6,21 @@ Limits that depend on settings (the prompt's length) are the domain's
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from server.engine import MAX_SEED
+from server.tool_calls.spec import MAX_TOOL_CALL_ID_CHARS, HistoryToolCalls
 
 MAX_TOKENS = 1_000_000  # far above any context; the context check is the domain's
 MAX_STOPS = 4  # as OpenAI
@@ -25,6 +35,23 @@ MAX_TOKENS_FIELD = Field(
 TEMPERATURE_FIELD = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
 TOP_P_FIELD = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
 SEED_FIELD = Field(default=None, ge=0, le=MAX_SEED, description="Sampling seed, 0 to 2**63 - 1.")
+N_FIELD = Field(default=1, ge=1, description="Choices to generate; at most the server's `max_n`.")
+MAX_TOP_LOGPROBS = 20  # OpenAI's top_logprobs maximum, and vLLM's default max_logprobs
+TOP_LOGPROBS_FIELD = Field(
+    default=None,
+    ge=0,
+    le=MAX_TOP_LOGPROBS,
+    description="With `logprobs`, this many most likely alternatives of each token.",
+)
+
+
+def logprobs_count(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """The domain's `logprobs`: None for none, else how many alternatives per token. Raises
+    ValueError when `top_logprobs` is asked for without `logprobs` (as OpenAI does)."""
+    if top_logprobs and not logprobs:
+        raise ValueError("`top_logprobs` needs `logprobs: true`")
+    return (top_logprobs or 0) if logprobs else None
+
 
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 StopStrings = Annotated[list[StopString], Field(max_length=MAX_STOPS)]
@@ -47,17 +74,43 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)]
+    """A message of the conversation. An assistant message may hold `tool_calls` (its content
+    then may be null); a `tool` message answers one call, named by `tool_call_id`."""
 
-    def as_dict(self) -> dict[str, str]:
-        text = (
-            self.content
-            if isinstance(self.content, str)
-            else "".join(part.text for part in self.content)
-        )
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
+    tool_calls: HistoryToolCalls | None = None
+    tool_call_id: str | None = Field(
+        default=None, max_length=MAX_TOOL_CALL_ID_CHARS, validate_default=True
+    )
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_fields_fit_the_role(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Checked on the last field (the others are in `info.data`), not on the model: a
+        model validator would rename the model in every error's location."""
+        role, tool_calls = info.data.get("role"), info.data.get("tool_calls")
+        if tool_calls and role != "assistant":
+            raise ValueError("only an assistant message may hold `tool_calls`")
+        if (role == "tool") != (value is not None):
+            raise ValueError("a `tool` message, and only one, needs a `tool_call_id`")
+        if "content" in info.data and info.data["content"] is None and not tool_calls:
+            raise ValueError("`content` may be null only in an assistant message with `tool_calls`")
+        return value
+
+    def as_dict(self) -> dict[str, object]:
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(part.text for part in content)
         # The chat templates of open models know no `developer` role: it is the system one.
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        message: dict[str, object] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": text,
+        }
+        if self.tool_calls:
+            message["tool_calls"] = [call.as_dict() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 ChatMessages = Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
@@ -79,3 +132,11 @@ class GenerateRequest(BaseModel):
     )
     top_p: float = TOP_P_FIELD
     seed: int | None = SEED_FIELD
+    n: int = N_FIELD
+    logprobs: bool = Field(default=False, description="Return each token's log-probability.")
+    top_logprobs: int | None = TOP_LOGPROBS_FIELD
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> Self:
+        logprobs_count(self.logprobs, self.top_logprobs)
+        return self

@@ -55,7 +55,7 @@ async def test_adapter_requests_carry_their_lora_and_results_are_validated() -> 
     gen, engine = service(reply='{"n": 1}')
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     prepared = await gen.prepare(GenerationRequest(model="a", prompt="hi", json_schema=schema))
-    result = await gen.complete(prepared, "r1")
+    (result,) = await gen.complete(prepared, "r1")
     assert result.output == {"n": 1} and result.valid is True
     assert result.finish_reason == "stop" and result.completion_tokens == len('{"n": 1}')
     assert engine.seen[0][2] == LORA

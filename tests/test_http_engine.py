@@ -8,13 +8,16 @@ import json
 import httpx
 import pytest
 from openai import OpenAI, UnprocessableEntityError
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.engine
 
 BASE = "SmolLM2-135M-Instruct"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +47,19 @@ def test_openai_sdk_chat_answers_from_the_base_model(client: OpenAI) -> None:
 
 
 def test_openai_sdk_fields_not_honoured_are_refused_by_name(client: OpenAI) -> None:
-    """Tools and logprobs asked of the SDK get a 422 naming them; their no-op values and the
-    harmless fields (`user`) are accepted."""
-    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
-    for fields, named in (({"tools": [tool]}, "`tools`"), ({"logprobs": True}, "`logprobs`")):
+    """Fields hotswap does not honour (the deprecated `functions`, `echo` with logprobs...)
+    asked of the SDK get a 422 naming them; their no-op values and the harmless fields
+    (`user`) are accepted."""
+    for fields, named in (
+        ({"functions": [{"name": "lookup"}]}, "`functions`"),
+        ({"function_call": "auto"}, "`function_call`"),
+    ):
         with pytest.raises(UnprocessableEntityError, match=named):
-            client.chat.completions.create(model=BASE, messages=QUESTION, max_tokens=4, **fields)
+            client.chat.completions.create(
+                model=BASE, messages=QUESTION, max_tokens=4, extra_body=fields
+            )
     reply = client.chat.completions.create(
-        model=BASE, messages=QUESTION, max_tokens=4, logprobs=False, user="app-user-1"
+        model=BASE, messages=QUESTION, max_tokens=4, functions=[], user="app-user-1"
     )
     assert reply.choices[0].message.content
 

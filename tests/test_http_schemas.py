@@ -43,7 +43,13 @@ def test_chat_request_reads_the_openai_shapes() -> None:
 @pytest.mark.parametrize(
     "patch",
     [
-        {"n": 3},
+        {"n": 0},
+        {"top_logprobs": 3},
+        {"logprobs": True, "top_logprobs": 21},
+        {"presence_penalty": 2.5},
+        {"logit_bias": {"the": 1}},
+        {"logit_bias": {"5": 101}},
+        {"logit_bias": {str(i): 1 for i in range(301)}},
         {"max_tokens": 0},
         {"temperature": 5},
         {"messages": []},
@@ -55,10 +61,18 @@ def test_chat_request_refusals(patch: dict[str, object]) -> None:
         ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **patch})
 
 
-def test_completion_takes_exactly_one_prompt() -> None:
-    assert CompletionRequest.model_validate({"model": "m", "prompt": ["x"]}).prompt_text() == "x"
-    with pytest.raises(ValidationError, match="exactly one prompt"):
-        CompletionRequest.model_validate({"model": "m", "prompt": ["x", "y"]})
+@pytest.mark.parametrize(
+    ("prompt", "prompts"),
+    [("x", ["x"]), (["x", "y"], ["x", "y"]), ([1, 2], [[1, 2]]), ([[1], [2, 3]], [[1], [2, 3]])],
+)
+def test_completion_prompts_are_text_or_token_ids(prompt: object, prompts: object) -> None:
+    assert CompletionRequest.model_validate({"model": "m", "prompt": prompt}).prompts() == prompts
+
+
+@pytest.mark.parametrize("prompt", [[], [[]], [-1], ["x"] * 17, [[1]] * 17])
+def test_completion_prompts_are_refused_past_their_limits(prompt: object) -> None:
+    with pytest.raises(ValidationError, match="prompt"):
+        CompletionRequest.model_validate({"model": "m", "prompt": prompt})
 
 
 def test_generate_request_is_strict_and_greedy_by_default() -> None:
@@ -84,21 +98,38 @@ def test_fields_that_ask_for_nothing_are_accepted(extra: dict[str, object]) -> N
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "`tools`"),
+        ({"functions": [{"name": "f"}]}, "`functions`"),
         ({"tool_choice": "required"}, "`tool_choice`"),
-        ({"logprobs": True, "top_logprobs": 3}, "`logprobs`, `top_logprobs`"),
-        ({"frequency_penalty": 0.5}, "`frequency_penalty`"),
-        ({"logit_bias": {"42": 5}}, "`logit_bias`"),
         ({"made_up_field": 1}, "`made_up_field`"),
     ],
 )
 def test_fields_not_honoured_are_refused_by_name(extra: dict[str, object], named: str) -> None:
-    """Never silently ignored: a client asking for tools or logprobs learns it at once."""
+    """Never silently ignored: a client asking for what hotswap does not honour learns it."""
     with pytest.raises(ValidationError, match=named):
         ChatCompletionRequest.model_validate({"model": "m", "messages": MESSAGES, **extra})
 
 
-def test_completions_refuse_logprobs_and_echo_by_name() -> None:
-    with pytest.raises(ValidationError, match="`echo`, `logprobs`"):
+def test_completions_refuse_echo_by_name() -> None:
+    with pytest.raises(ValidationError, match="`echo`"):
         CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": 2, "echo": True})
     CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": None, "echo": False})
+    with pytest.raises(ValidationError, match="logprobs"):
+        CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": 21})
+
+
+def test_honoured_fields_map_to_the_domain() -> None:
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": MESSAGES,
+            "n": 2,
+            "logprobs": True,
+            "top_logprobs": 3,
+            "logit_bias": {"42": -100, "7": 5.5},
+            "presence_penalty": -2,
+            "response_format": {"type": "json_object"},
+        }
+    )
+    assert body.logprobs_count() == 3 and body.bias() == {42: -100.0, 7: 5.5}
+    assert body.json_object() and body.output_schema() is None and body.n == 2
+    assert GenerateRequest.model_validate({"input": "x", "logprobs": True}).top_logprobs is None

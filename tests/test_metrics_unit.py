@@ -91,7 +91,7 @@ async def test_outcomes_tokens_and_stats() -> None:
     before = adapter_stats("a", LabelTracker())
     tokens_before = sample("hotswap_completion_tokens_total", adapter="a", protocol="grpc")
     prepared = await gen.prepare(GenerationRequest(model="a", task_input="hi", protocol="grpc"))
-    result = await gen.complete(prepared, "m1")
+    (result,) = await gen.complete(prepared, "m1")
     assert result.valid is True
     after = adapter_stats("a", LabelTracker())
     assert after.valid == before.valid + 1 and after.validity_rate is not None

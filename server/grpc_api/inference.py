@@ -6,21 +6,28 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from contextlib import aclosing
 from typing import Any, NoReturn
 
 from google.protobuf.struct_pb2 import Struct
 
 from server.auth import Role
+from server.engine import TokenLogprob
 from server.errors import InvalidRequest
-from server.generation import GenerationRequest, GenerationResult
+from server.generation import (
+    GRAMMAR_ENGINE_HEADER,
+    GenerationRequest,
+    GenerationResult,
+    PreparedRequest,
+)
 from server.grpc_api.gen.hotswap.v1 import inference_pb2 as pb
 from server.grpc_api.gen.hotswap.v1 import inference_pb2_grpc
 from server.grpc_api.guard import GuardedServicer, guarded
 from server.grpc_api.structs import from_struct, to_struct
 from server.requests import generation_request, parse_generate
 
-_KNOBS = ("max_tokens", "temperature", "top_p", "seed")
+_KNOBS = ("max_tokens", "temperature", "top_p", "seed", "n", "top_logprobs")
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
@@ -30,6 +37,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
     ) -> pb.GenerateResponse:
         generation = self.ready().generation
         prepared = await generation.prepare(await _domain_request(request))
+        await _name_grammar_engine(context, prepared)
         return response(await generation.complete(prepared, _request_id()))
 
     @guarded(Role.INFER)
@@ -38,14 +46,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
     ) -> None:
         generation = self.ready().generation
         prepared = await generation.prepare(await _domain_request(request))
-        result = GenerationResult(model=prepared.model)
-        stream = generation.stream(prepared, _request_id(), result)
+        await _name_grammar_engine(context, prepared)
+        results: list[GenerationResult] = []
+        stream = generation.stream(prepared, _request_id(), results)
         # Closed at once when the call is cancelled, which aborts the request in the engine.
         async with aclosing(stream) as chunks:
             async for chunk in chunks:
-                if chunk.text:
-                    await context.write(pb.GenerateStreamResponse(delta=chunk.text))
-        await context.write(pb.GenerateStreamResponse(summary=response(result)))
+                if chunk.text or chunk.logprobs:
+                    await context.write(
+                        pb.GenerateStreamResponse(
+                            delta=chunk.text, index=chunk.index, logprobs=_logprobs(chunk.logprobs)
+                        )
+                    )
+        await context.write(pb.GenerateStreamResponse(summary=response(results)))
+
+
+async def _name_grammar_engine(context: Any, prepared: PreparedRequest) -> None:
+    """Initial metadata naming the grammar engine that decodes a constrained answer, as the
+    HTTP routes' `x-hotswap-grammar-engine` header does."""
+    if prepared.grammar_engine is not None:
+        await context.send_initial_metadata(((GRAMMAR_ENGINE_HEADER, prepared.grammar_engine),))
 
 
 async def _domain_request(message: pb.GenerateRequest) -> GenerationRequest:
@@ -73,30 +93,63 @@ def domain_request(message: pb.GenerateRequest) -> GenerationRequest:
         case "schema_struct":
             fields["schema"] = _struct(message.schema_struct, "schema_struct")
     fields.update({knob: getattr(message, knob) for knob in _KNOBS if message.HasField(knob)})
+    fields["logprobs"] = message.logprobs
     return generation_request(parse_generate(fields), protocol="grpc")
 
 
-def response(result: GenerationResult) -> pb.GenerateResponse:
+def response(results: list[GenerationResult]) -> pb.GenerateResponse:
+    """The summary of a run: the first choice's fields, every choice, the usage of all."""
+    choices = [_choice(result) for result in results]
+    first, model = choices[0], results[0].model
+    prompt_tokens = results[0].prompt_tokens
+    completion_tokens = sum(result.completion_tokens for result in results)
     message = pb.GenerateResponse(
-        text=result.text,
+        text=first.text,
         usage=pb.Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
         ),
-        adapter=pb.AdapterRef(name=result.model.name),
+        adapter=pb.AdapterRef(name=model.name),
+        logprobs=first.logprobs,
+        choices=choices,
     )
-    if result.model.version is not None:
-        message.adapter.version = result.model.version
-    if result.finish_reason is not None:
-        message.finish_reason = result.finish_reason
-    if result.valid is not None:
-        message.valid = result.valid
-    if isinstance(result.output, dict):
-        message.output_struct.CopyFrom(to_struct(result.output))
-    elif result.output is not None:
-        message.output_json = json.dumps(result.output)
+    if model.version is not None:
+        message.adapter.version = model.version
+    if first.HasField("finish_reason"):
+        message.finish_reason = first.finish_reason
+    if first.HasField("valid"):
+        message.valid = first.valid
+    match first.WhichOneof("output"):
+        case "output_struct":
+            message.output_struct.CopyFrom(first.output_struct)
+        case "output_json":
+            message.output_json = first.output_json
     return message
+
+
+def _choice(result: GenerationResult) -> pb.Choice:
+    choice = pb.Choice(index=result.index, text=result.text, logprobs=_logprobs(result.logprobs))
+    if result.finish_reason is not None:
+        choice.finish_reason = result.finish_reason
+    if result.valid is not None:
+        choice.valid = result.valid
+    if isinstance(result.output, dict):
+        choice.output_struct.CopyFrom(to_struct(result.output))
+    elif result.output is not None:
+        choice.output_json = json.dumps(result.output)
+    return choice
+
+
+def _logprobs(tokens: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=token.token,
+            logprob=token.logprob,
+            top_logprobs=[pb.TopLogprob(token=top.token, logprob=top.logprob) for top in token.top],
+        )
+        for token in tokens
+    ]
 
 
 def _json(text: str, field: str) -> Any:

@@ -35,7 +35,7 @@ from server.http.routes import adapters, generate, health, openai, stats
 from server.http.state import documented_key
 from server.metrics.labels import LabelTracker
 from server.request_log import RequestIdMiddleware
-from server.schema_policy import SchemaPolicy
+from server.schema_policy import SchemaPolicy, upload_schema_check
 from server.settings import Settings
 from server.state import ServerState
 from server.structured import CompileGuard, ValidationGuard
@@ -54,17 +54,6 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
     base = await asyncio.to_thread(
         resolve_base_model, settings.base_model, settings.home, settings.served_model_name
     )
-    registry = AdapterRegistry(
-        settings.home,
-        spec_from_hf_config(
-            base.path, fingerprint=base.fingerprint, max_lora_rank=settings.max_lora_rank
-        ),
-        limits=ArchiveLimits(max_archive_bytes=settings.max_upload_bytes),
-        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
-        store_dir=settings.adapter_store_dir,
-    )
-    engine = engine_factory(settings, base)
-    app.state.engine = engine  # stopped by the lifespan, even while it starts
     guard = CompileGuard(
         base.path,
         timeout_s=settings.schema_compile_timeout_s,
@@ -81,6 +70,27 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
         max_waiting=settings.schema_validation_max_waiting,
     )
     app.state.schema_validator = validator  # closed by the lifespan, like the guard
+    schemas = SchemaPolicy(
+        guard,
+        settings.schema_limits,
+        settings.schema_max_retries,
+        validator,
+        budget_decoding=settings.structured_outputs_backend == "outlines",
+        budget_max_grammar_mb=settings.schema_budget_max_grammar_mb,
+        fallback=settings.schema_fallback(),
+    )
+    registry = AdapterRegistry(
+        settings.home,
+        spec_from_hf_config(
+            base.path, fingerprint=base.fingerprint, max_lora_rank=settings.max_lora_rank
+        ),
+        limits=ArchiveLimits(max_archive_bytes=settings.max_upload_bytes),
+        schema_check=upload_schema_check(schemas, asyncio.get_running_loop()),
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        store_dir=settings.adapter_store_dir,
+    )
+    engine = engine_factory(settings, base)
+    app.state.engine = engine  # stopped by the lifespan, even while it starts
     await asyncio.gather(
         asyncio.to_thread(engine.start_blocking),
         asyncio.to_thread(guard.start),
@@ -100,8 +110,9 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
         settings.default_max_tokens,
         settings.max_queued_requests,
         labels,
-        SchemaPolicy(guard, settings.schema_limits, settings.schema_max_retries, validator),
+        schemas,
         max_prompt_chars=settings.max_prompt_chars,
+        max_n=settings.max_n,
     )
     app.state.hotswap = ServerState(
         engine=engine, catalog=catalog, generation=generation, adapters=service, labels=labels

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
+from openai.types.chat import ChatCompletionTokenLogprob
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -18,11 +19,23 @@ from server.task_request import (
     MAX_MODEL_REF_CHARS,
     MAX_STOPS,
     MAX_TOKENS_FIELD,
+    MAX_TOP_LOGPROBS,
+    N_FIELD,
     SEED_FIELD,
     TEMPERATURE_FIELD,
+    TOP_LOGPROBS_FIELD,
     TOP_P_FIELD,
     ChatMessages,
     Stop,
+    logprobs_count,
+)
+from server.tool_calls.spec import (
+    MAX_PARALLEL_TOOL_CALLS,
+    MAX_TOOLS,
+    ToolChoice,
+    ToolPlan,
+    Tools,
+    plan_tools,
 )
 
 
@@ -36,7 +49,7 @@ class JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    type: Literal["text", "json_schema"]
+    type: Literal["text", "json_schema", "json_object"]
     json_schema: JsonSchemaFormat | None = None
 
     @model_validator(mode="after")
@@ -57,20 +70,19 @@ IGNORED_FIELDS = frozenset(
 # Fields hotswap does not honour (yet), with the values that ask for nothing: those are
 # accepted; any other value is refused by name rather than silently ignored.
 NO_OP_VALUES: dict[str, tuple[Any, ...]] = {
-    "frequency_penalty": (None, 0),
-    "presence_penalty": (None, 0),
-    "logit_bias": (None, {}),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "functions": (None, []),
+    "functions": (None, []),  # deprecated by OpenAI for `tools`
     "function_call": (None, "none"),
-    "parallel_tool_calls": (None, True, False),  # says nothing without tools
     "best_of": (None, 1),
     "echo": (None, False),
     "suffix": (None, ""),
 }
+
+
+# Request limits of the OpenAI routes (OpenAI's own where it has one).
+MAX_PROMPTS = 16
+MAX_LOGIT_BIAS = 300  # OpenAI's
+MAX_BIAS = 100
+PENALTY_FIELD = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False)
 
 
 class _SamplingFields(BaseModel):
@@ -84,7 +96,15 @@ class _SamplingFields(BaseModel):
     max_tokens: int | None = MAX_TOKENS_FIELD
     temperature: float = TEMPERATURE_FIELD
     top_p: float = TOP_P_FIELD
-    n: Literal[1] = Field(default=1, description="Only one choice per request is supported.")
+    n: int = N_FIELD
+    presence_penalty: float | None = PENALTY_FIELD
+    frequency_penalty: float | None = PENALTY_FIELD
+    logit_bias: dict[str, float] | None = Field(
+        default=None,
+        max_length=MAX_LOGIT_BIAS,
+        description=f"Token id -> bias added to its logit ({-MAX_BIAS} to {MAX_BIAS}); at most "
+        f"{MAX_LOGIT_BIAS} entries.",
+    )
     seed: int | None = SEED_FIELD
     stop: Stop | None = Field(
         default=None, description=f"Up to {MAX_STOPS} strings that end the text when generated."
@@ -107,14 +127,71 @@ class _SamplingFields(BaseModel):
             )
         return self
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdecimal() or len(key) > 12:
+                raise ValueError(f"keys are token ids (integers >= 0), not {key[:20]!r}")
+            if not -MAX_BIAS <= bias <= MAX_BIAS:
+                raise ValueError(f"biases are {-MAX_BIAS} to {MAX_BIAS}, not {bias}")
+        return value
+
     def stop_list(self) -> list[str]:
         return list(self.stop or ())
+
+    def bias(self) -> dict[int, float]:
+        """`logit_bias` keyed by token id (checked against the vocabulary by the domain)."""
+        return {int(key): bias for key, bias in (self.logit_bias or {}).items()}
 
 
 class ChatCompletionRequest(_SamplingFields):
     messages: ChatMessages
     max_completion_tokens: int | None = MAX_TOKENS_FIELD
     response_format: ResponseFormat | None = None
+    tools: Tools | None = Field(default=None, description=f"At most {MAX_TOOLS} functions.")
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="`none`, `auto` (the default with tools), `required` or a name."
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None,
+        description=f"Whether an answer may hold several calls (up to {MAX_PARALLEL_TOOL_CALLS}).",
+    )
+
+    @model_validator(mode="after")
+    def _plan_tools(self) -> Self:
+        plan = self.tool_plan()
+        fmt = self.response_format
+        if plan is not None and self.n != 1:
+            raise ValueError("`n` above 1 is not supported with tools: send `n: 1`")
+        if plan is not None and self.logprobs:
+            raise ValueError("`logprobs` is not supported with tools: send `logprobs: false`")
+        if plan is not None and fmt is not None and fmt.type != "text":
+            raise ValueError(
+                "`response_format` cannot constrain an answer that may be a tool call: send "
+                "`tool_choice: none` or drop `response_format`"
+            )
+        return self
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The tools the model may call; None when it may call none. Raises ValueError naming
+        the field the tools or the choice break."""
+        return plan_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    logprobs: bool | None = None
+    top_logprobs: int | None = TOP_LOGPROBS_FIELD
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> Self:
+        logprobs_count(self.logprobs, self.top_logprobs)
+        return self
+
+    def logprobs_count(self) -> int | None:
+        """None: no log-probabilities; k: each token's and its k most likely alternatives."""
+        return logprobs_count(self.logprobs, self.top_logprobs)
+
+    def json_object(self) -> bool:
+        return self.response_format is not None and self.response_format.type == "json_object"
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -126,18 +203,34 @@ class ChatCompletionRequest(_SamplingFields):
         return fmt.json_schema.json_schema
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    ) = Field(
+        description=f"A string, token ids, or a list of up to {MAX_PROMPTS} of either (n times "
+        "their number is at most the server's `max_n`)."
+    )
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Each token's log-probability and this many most likely alternatives.",
+    )
 
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _one_prompt(cls, value: Any) -> Any:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("exactly one prompt per request is supported")
-        return value
-
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each text or token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if all(isinstance(item, int) for item in prompt):
+            return [[int(item) for item in prompt]]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[arg-type]
 
 
 class AdapterRef(BaseModel):
@@ -151,10 +244,26 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class GenerateResponse(BaseModel):
+class GenerateChoice(BaseModel):
+    index: int
     text: str
     output: Any = Field(description="The parsed JSON document when a schema applies.")
     valid: bool | None = Field(description="Whether `output` validates; null without schema.")
     finish_reason: str | None
+    logprobs: list[ChatCompletionTokenLogprob] | None = Field(
+        default=None, description="Each token's log-probability (OpenAI chat's shape)."
+    )
+
+
+class GenerateResponse(GenerateChoice):
+    """The first choice's fields, every choice in `choices` (one unless `n` > 1), and the usage
+    of all of them."""
+
+    choices: list[GenerateChoice]
     usage: Usage
     adapter: AdapterRef
+    grammar_engine: str | None = Field(
+        default=None,
+        description="The grammar engine that decoded the output (outlines, or the fallback "
+        "guidance or xgrammar for a schema outlines cannot compile); null without a schema.",
+    )

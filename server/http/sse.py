@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from server.errors import HotswapError, InternalError
+from server.generation import GRAMMAR_ENGINE_HEADER
 from server.request_log import request_id
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,14 @@ def retry_headers(exc: HotswapError) -> dict[str, str] | None:
     return None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
 
 
-def event_stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
+def grammar_headers(grammar_engine: str | None) -> dict[str, str]:
+    """The header naming the grammar engine that decoded a constrained answer."""
+    return {} if grammar_engine is None else {GRAMMAR_ENGINE_HEADER: grammar_engine}
+
+
+def event_stream(
+    events: AsyncIterator[BaseModel], headers: dict[str, str] | None = None
+) -> StreamingResponse:
     """Stream pydantic models as SSE; an error mid-stream becomes a final error event (an
     unexpected one is logged and reads as an internal error naming the request id)."""
 
@@ -40,4 +48,4 @@ def event_stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
             yield f"data: {json.dumps(error_body(InternalError(request_id.get())))}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(lines(), media_type="text/event-stream")
+    return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)

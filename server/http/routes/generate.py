@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
-from server.generation import GenerationService
-from server.http.schemas import AdapterRef, GenerateResponse, Usage
+from server.generation import GenerationResult, GenerationService
+from server.http.logprobs import chat_logprobs
+from server.http.schemas import AdapterRef, GenerateChoice, GenerateResponse, Usage
+from server.http.sse import grammar_headers
 from server.http.state import get_generation
 from server.requests import generation_request
 from server.task_request import GenerateRequest
@@ -20,20 +22,36 @@ router = APIRouter(prefix="/v1", tags=["generate"])
 async def generate(
     body: GenerateRequest,
     generation: Annotated[GenerationService, Depends(get_generation)],
+    response: Response,
 ) -> GenerateResponse:
     """Run one input through an adapter (or the base). Text input is framed by the adapter's
-    task (system message, template) and constrained by its schema unless `schema` is given."""
+    task (system message, template) and constrained by its schema unless `schema` is given.
+    The top-level fields are the first choice's; `choices` holds all `n`."""
     prepared = await generation.prepare(generation_request(body, protocol="http"))
-    result = await generation.complete(prepared, f"gen-{uuid.uuid4().hex}")
+    results = await generation.complete(prepared, f"gen-{uuid.uuid4().hex}")
+    response.headers.update(grammar_headers(prepared.grammar_engine))
+    choices = [_choice(result, body.logprobs) for result in results]
+    prompt_tokens = results[0].prompt_tokens
+    completion_tokens = sum(result.completion_tokens for result in results)
     return GenerateResponse(
+        **choices[0].model_dump(),
+        choices=choices,
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+        adapter=AdapterRef(name=prepared.model.name, version=prepared.model.version),
+        grammar_engine=prepared.grammar_engine,
+    )
+
+
+def _choice(result: GenerationResult, logprobs: bool) -> GenerateChoice:
+    return GenerateChoice(
+        index=result.index,
         text=result.text,
         output=result.output,
         valid=result.valid,
         finish_reason=result.finish_reason,
-        usage=Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
-        ),
-        adapter=AdapterRef(name=result.model.name, version=result.model.version),
+        logprobs=chat_logprobs(result.logprobs) if logprobs else None,
     )

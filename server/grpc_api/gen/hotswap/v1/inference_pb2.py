@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahotswap/v1/inference.proto\x12\nhotswap.v1\x1a\x1cgoogle/protobuf/struct.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.hotswap.v1.ChatMessage\"\xd9\x02\n\x0fGenerateRequest\x12\x14\n\x07\x61\x64\x61pter\x18\x01 \x01(\tH\x02\x88\x01\x01\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12,\n\x08messages\x18\x03 \x01(\x0b\x32\x18.hotswap.v1.ChatMessagesH\x00\x12\x15\n\x0bschema_json\x18\x04 \x01(\tH\x01\x12\x30\n\rschema_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\nmax_tokens\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x0btemperature\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x12\n\x05top_p\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x06\x88\x01\x01\x42\x07\n\x05inputB\x08\n\x06schemaB\n\n\x08_adapterB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"<\n\nAdapterRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_version\"\x8a\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\routput_struct\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0boutput_json\x18\x03 \x01(\tH\x00\x12\x12\n\x05valid\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\rfinish_reason\x18\x05 \x01(\tH\x02\x88\x01\x01\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.hotswap.v1.Usage\x12\'\n\x07\x61\x64\x61pter\x18\x07 \x01(\x0b\x32\x16.hotswap.v1.AdapterRefB\x08\n\x06outputB\x08\n\x06_validB\x10\n\x0e_finish_reason\"c\n\x16GenerateStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12/\n\x07summary\x18\x02 \x01(\x0b\x32\x1c.hotswap.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent2\xa7\x01\n\tInference\x12\x45\n\x08Generate\x12\x1b.hotswap.v1.GenerateRequest\x1a\x1c.hotswap.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.hotswap.v1.GenerateRequest\x1a\".hotswap.v1.GenerateStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahotswap/v1/inference.proto\x12\nhotswap.v1\x1a\x1cgoogle/protobuf/struct.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.hotswap.v1.ChatMessage\"\xad\x03\n\x0fGenerateRequest\x12\x14\n\x07\x61\x64\x61pter\x18\x01 \x01(\tH\x02\x88\x01\x01\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12,\n\x08messages\x18\x03 \x01(\x0b\x32\x18.hotswap.v1.ChatMessagesH\x00\x12\x15\n\x0bschema_json\x18\x04 \x01(\tH\x01\x12\x30\n\rschema_struct\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructH\x01\x12\x17\n\nmax_tokens\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x0btemperature\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x12\n\x05top_p\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x06\x88\x01\x01\x12\x0e\n\x01n\x18\n \x01(\x05H\x07\x88\x01\x01\x12\x10\n\x08logprobs\x18\x0b \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x0c \x01(\x05H\x08\x88\x01\x01\x42\x07\n\x05inputB\x08\n\x06schemaB\n\n\x08_adapterB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x04\n\x02_nB\x0f\n\r_top_logprobs\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"\\\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.hotswap.v1.TopLogprob\"\xf0\x01\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\routput_struct\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0boutput_json\x18\x04 \x01(\tH\x00\x12\x12\n\x05valid\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\rfinish_reason\x18\x06 \x01(\tH\x02\x88\x01\x01\x12*\n\x08logprobs\x18\x07 \x03(\x0b\x32\x18.hotswap.v1.TokenLogprobB\x08\n\x06outputB\x08\n\x06_validB\x10\n\x0e_finish_reason\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"<\n\nAdapterRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\n\n\x08_version\"\xdb\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\routput_struct\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0boutput_json\x18\x03 \x01(\tH\x00\x12\x12\n\x05valid\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x1a\n\rfinish_reason\x18\x05 \x01(\tH\x02\x88\x01\x01\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.hotswap.v1.Usage\x12\'\n\x07\x61\x64\x61pter\x18\x07 \x01(\x0b\x32\x16.hotswap.v1.AdapterRef\x12*\n\x08logprobs\x18\x08 \x03(\x0b\x32\x18.hotswap.v1.TokenLogprob\x12#\n\x07\x63hoices\x18\t \x03(\x0b\x32\x12.hotswap.v1.ChoiceB\x08\n\x06outputB\x08\n\x06_validB\x10\n\x0e_finish_reason\"\x9e\x01\n\x16GenerateStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12/\n\x07summary\x18\x02 \x01(\x0b\x32\x1c.hotswap.v1.GenerateResponseH\x00\x12\r\n\x05index\x18\x03 \x01(\x05\x12*\n\x08logprobs\x18\x04 \x03(\x0b\x32\x18.hotswap.v1.TokenLogprobB\x07\n\x05\x65vent2\xa7\x01\n\tInference\x12\x45\n\x08Generate\x12\x1b.hotswap.v1.GenerateRequest\x1a\x1c.hotswap.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.hotswap.v1.GenerateRequest\x1a\".hotswap.v1.GenerateStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGES']._serialized_start=118
   _globals['_CHATMESSAGES']._serialized_end=175
   _globals['_GENERATEREQUEST']._serialized_start=178
-  _globals['_GENERATEREQUEST']._serialized_end=523
-  _globals['_USAGE']._serialized_start=525
-  _globals['_USAGE']._serialized_end=604
-  _globals['_ADAPTERREF']._serialized_start=606
-  _globals['_ADAPTERREF']._serialized_end=666
-  _globals['_GENERATERESPONSE']._serialized_start=669
-  _globals['_GENERATERESPONSE']._serialized_end=935
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=937
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1036
-  _globals['_INFERENCE']._serialized_start=1039
-  _globals['_INFERENCE']._serialized_end=1206
+  _globals['_GENERATEREQUEST']._serialized_end=607
+  _globals['_TOPLOGPROB']._serialized_start=609
+  _globals['_TOPLOGPROB']._serialized_end=653
+  _globals['_TOKENLOGPROB']._serialized_start=655
+  _globals['_TOKENLOGPROB']._serialized_end=747
+  _globals['_CHOICE']._serialized_start=750
+  _globals['_CHOICE']._serialized_end=990
+  _globals['_USAGE']._serialized_start=992
+  _globals['_USAGE']._serialized_end=1071
+  _globals['_ADAPTERREF']._serialized_start=1073
+  _globals['_ADAPTERREF']._serialized_end=1133
+  _globals['_GENERATERESPONSE']._serialized_start=1136
+  _globals['_GENERATERESPONSE']._serialized_end=1483
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1486
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1644
+  _globals['_INFERENCE']._serialized_start=1647
+  _globals['_INFERENCE']._serialized_end=1814
 # @@protoc_insertion_point(module_scope)
