@@ -22,7 +22,8 @@ STAMP := $(VENV)/.hotswap-installed-$(ENGINE)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test lint unit format clean-venv prometheus postgres cxx loadtest
+.PHONY: install model serve test test-gpu lint unit format clean-venv prometheus postgres cxx \
+	loadtest
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,8 +80,26 @@ format: install
 test: lint model prometheus postgres cxx
 	$(VENV)/bin/pytest -ra --durations=15 $(PYTEST_ARGS)
 
+# Every test that starts no engine (markers in pyproject.toml). Some still need the converted
+# model, PostgreSQL, promtool, Ray or g++ (markers `model`, `postgres`, `promtool`, `ray`, `cxx`):
+# e.g. PYTEST_ARGS='-m "not engine and not postgres"' leaves PostgreSQL out.
 unit: install prometheus postgres cxx
-	$(VENV)/bin/pytest -ra -m "not engine" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -ra --durations=15 -m "not engine" $(PYTEST_ARGS)
+
+# A short smoke run on a CUDA GPU with the CUDA engine: engine start, a multi-LoRA batch, the
+# schema guarantee and hot swaps, through the session server (tests/conftest.py). `make test`
+# runs everything else there too; the `cpu_only` tests skip themselves off the CPU platform.
+GPU_SMOKE := \
+	tests/test_http_engine.py::test_probes \
+	tests/test_http_engine.py::test_concurrent_mixed_batch_equals_each_request_alone \
+	tests/test_http_engine.py::test_adapters_change_the_output \
+	tests/test_schema_guarantee_engine.py::test_every_answer_validates_against_the_original_schema \
+	tests/test_registry_engine.py::test_upload_promote_rollback_delete \
+	tests/test_registry_engine.py::test_swap_under_load_fails_no_request
+test-gpu:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make test-gpu: no CUDA GPU here (nvidia-smi -L)"; exit 1; }
+	$(MAKE) ENGINE=cuda model
+	$(VENV)/bin/pytest -ra --durations=15 $(GPU_SMOKE) $(PYTEST_ARGS)
 
 # Locust, headless, against a server it starts on loopback with two adapters: closed loop then
 # open loop (Poisson arrivals), LOADTEST_SECONDS each. CSV and HTML reports in loadtests/results/.

@@ -66,6 +66,8 @@ PSI_RULE_OF_THUMB = 0.25
 DEFAULT_RUN = {"false_alarm_streams": 200, "detection_seeds": 200, "null_windows": 200_000}
 LONG_RUN = {"false_alarm_streams": 1000, "detection_seeds": 1000, "null_windows": 2_000_000}
 LONG_WINDOWS = (100, 150, 200, 300, 500)
+UNKNOWN_COUNTS = (1, 2, 3, 4, 5, 10, 20)
+UNKNOWN_TRIALS = 200
 
 Bins = npt.NDArray[np.int64]
 """A label stream, as reference bin indices."""
@@ -237,6 +239,29 @@ def null_check(data: Banking77, window: int, samples: int, seed: int) -> str:
         median, p99 = np.quantile(np.concatenate(values), [0.5, 0.99])
         lines.append(f"{name} without shift, N = {window}: median {median:.3f}, p99 {p99:.3f}")
     return "\n".join(lines)
+
+
+def unknown_label_sensitivity(data: Banking77, window: int, trials: int, seed: int) -> str:
+    """How often one full window raises the default alarm when k of its labels are unknown to
+    the reference (the `__other__` bin) and the rest follow the reference."""
+    rng = np.random.default_rng(seed)
+    p = data.reference.probabilities
+    alarm = chi2_rule(p, window, MIN_EXPECTED)
+    cells = []
+    for unknown in UNKNOWN_COUNTS:
+        counts = np.array(
+            [
+                np.bincount(sample_stream(data, p, window - unknown, rng), minlength=len(p))
+                for _ in range(trials)
+            ],
+            dtype=np.int32,
+        )
+        counts[:, -1] += unknown
+        cells.append(f"{unknown} ({unknown / window:.1%}): {alarm(counts).mean():.1%}")
+    return (
+        f"Unknown labels in one full window of {window} ({trials} windows each), share of "
+        "windows that raise the alarm: " + ", ".join(cells)
+    )
 
 
 def check_monitor_agrees(data: Banking77, window: int, seed: int) -> None:
@@ -540,6 +565,8 @@ def main() -> None:
     print(format_table(rows))
     print()
     print(null_check(data, DEFAULT_WINDOW_SIZE, run["null_windows"], args.seed + 2))
+    print()
+    print(unknown_label_sensitivity(data, DEFAULT_WINDOW_SIZE, UNKNOWN_TRIALS, args.seed + 3))
     print(
         f"\nreference: BANKING77 train ({len(p) - 1} intents + {data.reference.labels[-1]}); "
         f"{run['false_alarm_streams'] * BLOCKS_PER_STREAM} windows without shift, "

@@ -324,8 +324,8 @@ def main() -> None:
     parser.add_argument(
         "--in-process",
         action="store_true",
-        help="engine core in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0), as the "
-        "figures in ENVIRONMENT.md were taken; default: vLLM's separate engine-core process",
+        help="engine core in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0), no "
+        "front-end process competing for the cores; default: vLLM's separate engine-core process",
     )
     parser.add_argument(
         "--omp-bind",

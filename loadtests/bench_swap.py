@@ -113,7 +113,8 @@ def cold_loads(http: httpx.Client, archives: list[Path], rounds: int) -> tuple[l
     names = [f"cold{i}" for i in range(len(archives))]
     for archive, name in zip(archives, names, strict=True):
         upload(http, archive, name)
-    cold, warm = [], []
+    cold: list[float] = []
+    warm: list[float] = []
     for _ in range(rounds):
         for name in names:
             for bucket in (cold, warm):

@@ -16,6 +16,27 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 HOME = Path(os.environ.get("HOTSWAP_HOME", Path.home() / ".cache" / "hotswap"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks `model` every test that uses `base_model_path` (directly or through another
+    fixture), and skips `cpu_only` tests, with the reason, off vLLM's CPU platform."""
+    for item in items:
+        if "base_model_path" in getattr(item, "fixturenames", ()):
+            item.add_marker("model")
+    cpu_only = [item for item in items if item.get_closest_marker("cpu_only")]
+    if not cpu_only:
+        return
+    from vllm.platforms import current_platform  # imported only when such a test is collected
+
+    if current_platform.is_cpu():
+        return
+    skip = pytest.mark.skip(
+        reason=f"cpu_only: vLLM's platform here is {current_platform.device_name!r}, not the CPU"
+    )
+    for item in cpu_only:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def base_model_path() -> Path:
     return prepare_default_base_model(HOME)

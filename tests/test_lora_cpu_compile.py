@@ -19,6 +19,8 @@ from vllm.lora.layers import LoRAMapping
 from server.lora_cpu import plugin
 from server.lora_cpu.punica import SegmentedPunicaWrapperCPU
 
+pytestmark = [pytest.mark.cpu_only, pytest.mark.vllm]
+
 HIDDEN = 64
 RANK = 8
 SLOTS = 4
@@ -32,7 +34,8 @@ STEPS: tuple[list[int], ...] = (
     [2, 2],
     [1] * 40 + [-1, 0, 3],
 )
-BACKENDS = ("aot_eager", "inductor")
+# inductor writes and compiles C++ for CPU tensors
+BACKENDS = ("aot_eager", pytest.param("inductor", marks=pytest.mark.cxx))
 
 
 def _set_step(wrapper: SegmentedPunicaWrapperCPU, rows: list[int]) -> None:

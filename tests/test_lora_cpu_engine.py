@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from server.base_model import prepare_default_base_model
-
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.cpu_only, pytest.mark.cxx]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTERS: dict[str, tuple[int, tuple[str, ...]]] = {
@@ -62,12 +60,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def base_model() -> Path:
-    return prepare_default_base_model(Path.home() / ".cache" / "hotswap")
-
-
-@pytest.fixture(scope="module")
-def adapter_paths(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def adapter_paths(
+    base_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Random PEFT LoRAs (A and B nonzero) saved to folders, as a trainer would leave them."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -75,7 +70,7 @@ def adapter_paths(base_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("lora-cpu-adapters")
     paths = {}
     for seed, (name, (rank, targets)) in enumerate(ADAPTERS.items()):
-        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
         config = LoraConfig(
             r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False
         )
@@ -100,7 +95,7 @@ def _punica_wrapper_name(worker: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def llm(base_model: Path) -> Iterator[Any]:
+def llm(base_model_path: Path) -> Iterator[Any]:
     saved = {k: os.environ.get(k) for k in ("HOTSWAP_FAST_CPU_LORA", "VLLM_CPU_KVCACHE_SPACE")}
     saved["VLLM_ALLOW_INSECURE_SERIALIZATION"] = os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION")
     os.environ["HOTSWAP_FAST_CPU_LORA"] = "1"
@@ -109,7 +104,7 @@ def llm(base_model: Path) -> Iterator[Any]:
     from vllm import LLM
 
     engine = LLM(
-        model=str(base_model),
+        model=str(base_model_path),
         dtype="float32",
         enable_lora=True,
         max_lora_rank=16,
@@ -130,13 +125,13 @@ def llm(base_model: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def served(llm: Any, adapter_paths: dict[str, Path], base_model: Path) -> list[Served]:
+def served(llm: Any, adapter_paths: dict[str, Path], base_model_path: Path) -> list[Served]:
     from transformers import AutoTokenizer
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path)
     ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
     lora_ids = {name: i + 1 for i, name in enumerate(ADAPTERS)}
     requests = [
@@ -171,13 +166,13 @@ def served(llm: Any, adapter_paths: dict[str, Path], base_model: Path) -> list[S
 
 @pytest.fixture(scope="module")
 def reference(
-    served: list[Served], adapter_paths: dict[str, Path], base_model: Path
+    served: list[Served], adapter_paths: dict[str, Path], base_model_path: Path
 ) -> list[torch.Tensor]:
     """PEFT's log-softmax over prompt + vLLM's output tokens, one forward pass per request."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=torch.float32)
     names = list(ADAPTERS)
     peft_model = PeftModel.from_pretrained(model, adapter_paths[names[0]], adapter_name=names[0])
     for name in names[1:]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,8 @@ from vllm.lora.punica_wrapper.utils import compute_meta
 
 from server.lora_cpu import dense, ops
 from server.lora_cpu.punica import SegmentedPunicaWrapperCPU
+
+pytestmark = [pytest.mark.cpu_only, pytest.mark.vllm]
 
 HIDDEN = 64
 RANK = 8
@@ -417,7 +420,12 @@ def test_dense_form_is_chosen_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> No
     row stay within `DENSE_MAX_MACS`, the grouped products beyond, and never for one adapter."""
     runs: list[int] = []
     original = dense.dense_linear
-    monkeypatch.setattr(dense, "dense_linear", lambda *a: runs.append(1) or original(*a))
+
+    def counted(*args: Any) -> torch.Tensor:
+        runs.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(dense, "dense_linear", counted)
     g = torch.Generator().manual_seed(17)
     lora_a, lora_b = _stacks(g, torch.float32, HIDDEN, MERGED["qkv"])
     form = dense.build_dense_linear(

@@ -81,7 +81,8 @@ def test_upload_promote_rollback_delete(server: RunningServer, versions: list[Pa
     # A first version is promoted and served at once, framed and constrained by its task.
     out = generate(server, "intent")
     assert out["adapter"] == {"name": "intent", "version": 1}
-    assert out["valid"] is True and set(out["output"]) == {"intent"}  # type: ignore[arg-type]
+    assert out["valid"] is True and isinstance(out["output"], dict)
+    assert set(out["output"]) == {"intent"}
 
     assert upload(server, versions[1]).json()["version"] == 2
     assert generate(server, "intent")["adapter"] == {"name": "intent", "version": 1}
@@ -233,3 +234,20 @@ def test_cli_pushes_promotes_and_lists(server: RunningServer, versions: list[Pat
     ).items()
     refused = cli("delete", "cli", "1")
     assert refused.returncode == 1 and "409" in refused.stderr and "promoted" in refused.stderr
+
+
+def test_an_adapter_whose_task_schema_cannot_be_served_is_refused_at_upload(
+    server: RunningServer, versions: list[Path], tmp_path: Path
+) -> None:
+    """Issue 20's review fix: the task schema goes through the requests' own admission at
+    upload (bounding, compile sandbox, fallback engine), so an adapter whose every task call
+    would be a 422 is never stored or promoted."""
+    before = httpx.get(f"{server.url}/v1/adapters").json()
+    lookahead = {"type": "string", "pattern": "^(?=.*[0-9])[a-z0-9]{8}$"}  # no engine can
+    manifest = {"name": "unservable", "task": {"output_schema": lookahead}}
+    archive = pack_adapter(versions[0].parent / "v1", tmp_path / "unservable.tar.gz", manifest)
+    response = upload(server, archive)
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "task.output_schema" in message and "refused (" in message, message
+    assert httpx.get(f"{server.url}/v1/adapters").json() == before

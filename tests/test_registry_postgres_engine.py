@@ -15,7 +15,7 @@ from tests.support.adapters import pack_adapter
 from tests.support.postgres import running_postgres
 from tests.support.server import RunningServer, start_server
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.postgres]
 
 
 def served_version(server: RunningServer, adapter: str) -> int:

@@ -37,6 +37,9 @@ LIMITS = ArchiveLimits(
 )
 PREFIX = "base_model.model.model.layers"
 
+Snapshot = Callable[[], tuple[Any, ...]]
+"""The `snapshot` fixture: takes the registry's visible state and every file under home."""
+
 
 def refuse_patterns(schema: dict[str, Any]) -> None:
     """A stand-in for the server's constrained-decoder check: it cannot compile `pattern`."""
@@ -61,7 +64,7 @@ class AdapterKit:
 
     def tensors(
         self, rank: int = 4, targets: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 0
-    ):
+    ) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         out = {}
         for layer in range(self.spec.num_layers):
@@ -176,7 +179,7 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str | None:
     """Each registry test runs on both backends: the embedded SQLite file (None: the default)
     and a fresh database on a real PostgreSQL started for the session."""
@@ -212,7 +215,7 @@ def registry(open_registry: Callable[[], AdapterRegistry]) -> AdapterRegistry:
 
 
 @pytest.fixture
-def snapshot(registry: AdapterRegistry, home: Path) -> Callable[[], tuple[Any, ...]]:
+def snapshot(registry: AdapterRegistry, home: Path) -> Snapshot:
     """The registry's visible state and every file under home (SQLite's -wal/-shm aside)."""
 
     def take() -> tuple[Any, ...]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi import FastAPI
@@ -21,6 +23,9 @@ from server.http.errors import install_error_handlers
 from server.http.routes.adapters import router
 from server.http.state import get_adapter_service
 from tests.adapters.test_adapters_quarantine import _poison
+
+if TYPE_CHECKING:
+    from tests.adapters.conftest import AdapterKit
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ class StandInEngine:
 
 
 @pytest.fixture
-def engine(open_registry) -> StandInEngine:
+def engine(open_registry: Callable[[], AdapterRegistry]) -> StandInEngine:
     return StandInEngine(open_registry())  # its own view of the store
 
 
@@ -60,7 +65,9 @@ def service(registry: AdapterRegistry, engine: StandInEngine) -> AdapterService:
     return AdapterService(registry, engine)  # type: ignore[arg-type]
 
 
-async def test_a_first_version_is_promoted_only_after_it_loaded(service, engine, registry, kit):
+async def test_a_first_version_is_promoted_only_after_it_loaded(
+    service: AdapterService, engine: StandInEngine, registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     result = await service.upload(kit.tar_gz(kit.folder()))
 
     assert engine.loads == [("intent@1", None)]  # nothing promoted while it loaded
@@ -71,8 +78,8 @@ async def test_a_first_version_is_promoted_only_after_it_loaded(service, engine,
 
 
 async def test_a_first_version_the_engine_cannot_load_stays_unpromoted(
-    service, engine, registry, kit
-):
+    service: AdapterService, engine: StandInEngine, registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     engine.failing.add("intent@1")
     archive = kit.tar_gz(kit.folder())
     with pytest.raises(AdapterRejected, match=r"could not load intent@1 .*stored, not") as err:
@@ -89,8 +96,8 @@ async def test_a_first_version_the_engine_cannot_load_stays_unpromoted(
 
 
 async def test_an_engine_that_is_down_is_a_503_and_nothing_is_promoted(
-    service, engine, registry, kit
-):
+    service: AdapterService, engine: StandInEngine, registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     engine.down = True
     with pytest.raises(EngineUnavailable):
         await service.upload(kit.tar_gz(kit.folder()))
@@ -98,8 +105,13 @@ async def test_an_engine_that_is_down_is_a_503_and_nothing_is_promoted(
 
 
 async def test_warming_skips_what_cannot_be_loaded_or_read(
-    service, engine, registry, kit, home, database_url
-):
+    service: AdapterService,
+    engine: StandInEngine,
+    registry: AdapterRegistry,
+    kit: AdapterKit,
+    home: Path,
+    database_url: str | None,
+) -> None:
     for name, seed in (("broken", 0), ("intent", 1), ("poisoned", 2)):
         registry.register(kit.tar_gz(kit.folder(name=name, seed=seed)))
     poisoned = '{"name": "poisoned", "lora": {"alpha": null}}'
@@ -111,14 +123,19 @@ async def test_warming_skips_what_cannot_be_loaded_or_read(
     assert [name for name, _ in engine.loads] == ["broken@1", "intent@1"]
 
 
-async def test_registry_calls_run_off_the_event_loop(service, registry, kit, monkeypatch):
+async def test_registry_calls_run_off_the_event_loop(
+    service: AdapterService,
+    registry: AdapterRegistry,
+    kit: AdapterKit,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry.register(kit.tar_gz(kit.folder()))
     loop_thread = threading.get_ident()
     threads: list[int] = []
     for method in ("list_adapters", "get", "get_version", "resolve", "promote", "delete"):
         real = getattr(registry, method)
 
-        def spy(*args, _real=real, **kwargs):
+        def spy(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
             threads.append(threading.get_ident())
             return _real(*args, **kwargs)
 
@@ -149,7 +166,9 @@ def client(service: AdapterService) -> Iterator[TestClient]:
     ["0", "-1", "2147483648", "9" * 20, "9" * 5001],
     ids=["0", "-1", "2^31", "20-digits", "5001-digits"],
 )
-def test_http_versions_out_of_range_are_4xx(client, registry, kit, version):
+def test_http_versions_out_of_range_are_4xx(
+    client: TestClient, registry: AdapterRegistry, kit: AdapterKit, version: int
+) -> None:
     registry.register(kit.tar_gz(kit.folder()))
     for method in ("GET", "DELETE"):
         answer = client.request(method, f"/v1/adapters/intent/versions/{version}")

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from adapters import store
+from adapters.registry import AdapterRegistry
+
+if TYPE_CHECKING:
+    from tests.adapters.conftest import AdapterKit, Snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_failure_while_copying_the_blob_leaves_nothing(registry, kit, snapshot, monkeypatch):
+def test_failure_while_copying_the_blob_leaves_nothing(
+    registry: AdapterRegistry,
+    kit: AdapterKit,
+    snapshot: Snapshot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry.register(kit.tar_gz(kit.folder(name="existing")))
     before = snapshot()
     copy = store._copy_synced
@@ -31,7 +42,12 @@ def test_failure_while_copying_the_blob_leaves_nothing(registry, kit, snapshot, 
     assert calls and snapshot() == before
 
 
-def test_failure_after_the_blob_is_placed_leaves_nothing(registry, kit, snapshot, monkeypatch):
+def test_failure_after_the_blob_is_placed_leaves_nothing(
+    registry: AdapterRegistry,
+    kit: AdapterKit,
+    snapshot: Snapshot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry.register(kit.tar_gz(kit.folder(name="existing")))
     before = snapshot()
 
@@ -65,8 +81,13 @@ AdapterRegistry(Path(home), spec, database_url=url or None).register(Path(archiv
 
 @pytest.mark.parametrize("step", ["copy", "transaction"])
 def test_kill_9_mid_register_leaves_nothing_after_reopening(
-    step, open_registry, kit, home, tmp_path, database_url
-):
+    step: str,
+    open_registry: Callable[[], AdapterRegistry],
+    kit: AdapterKit,
+    home: Path,
+    tmp_path: Path,
+    database_url: str | None,
+) -> None:
     existing = open_registry()
     existing.register(kit.tar_gz(kit.folder(name="existing")))
     before = existing.list_adapters()

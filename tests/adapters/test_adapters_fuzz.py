@@ -9,12 +9,17 @@ import json
 import tarfile
 import zipfile
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.errors import AdapterRejected
+from adapters.registry import AdapterRegistry
+
+if TYPE_CHECKING:
+    from tests.adapters.conftest import AdapterKit, Snapshot
 
 
 @pytest.fixture
@@ -105,7 +110,9 @@ _archives = st.one_of(
     ],
 )
 @given(data=_archives)
-def test_malformed_archives_are_refused_and_change_nothing(registry, kit, snapshot, data):
+def test_malformed_archives_are_refused_and_change_nothing(
+    registry: AdapterRegistry, kit: AdapterKit, snapshot: Snapshot, data: bytes
+) -> None:
     before = snapshot()
     archive = kit.fresh(".upload")
     archive.write_bytes(data)
@@ -114,7 +121,9 @@ def test_malformed_archives_are_refused_and_change_nothing(registry, kit, snapsh
     assert snapshot() == before
 
 
-def test_the_registry_still_serves_after_the_fuzzing(registry, kit):
+def test_the_registry_still_serves_after_the_fuzzing(
+    registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     registry.register(kit.tar_gz(kit.folder()))
     assert registry.resolve("intent").version == 1
     assert json.loads(registry.get("intent").versions[0].manifest.model_dump_json())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -13,17 +14,17 @@ from adapters.manifest import AdapterManifest, TaskSpec
 
 
 @pytest.mark.parametrize("name", ["intent", "a", "v2.intent_cls-x", "0" * 64])
-def test_valid_names(name):
+def test_valid_names(name: str) -> None:
     assert AdapterManifest(name=name).name == name
 
 
 @pytest.mark.parametrize("name", ["", "Intent", "-x", ".x", "a@1", "a b", "a/b", "x" * 65])
-def test_invalid_names(name):
+def test_invalid_names(name: str) -> None:
     with pytest.raises(ValidationError, match="adapter name"):
         AdapterManifest(name=name)
 
 
-def test_render_messages_frames_input_like_training():
+def test_render_messages_frames_input_like_training() -> None:
     spec = TaskSpec(system_message="Answer in JSON.", input_template='{"text": "{input}"}')
 
     assert spec.render_messages("hi {there}") == [
@@ -33,7 +34,7 @@ def test_render_messages_frames_input_like_training():
     assert TaskSpec().render_messages("x") == [{"role": "user", "content": "x"}]
 
 
-LABELLED = {
+LABELLED: dict[str, Any] = {
     "labels": ["a", "b"],
     "label_field": "label",
     "output_schema": {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}},
@@ -54,18 +55,18 @@ LABELLED = {
         ({**LABELLED, "reference_distribution": {"a": 0.5, "b": 0.49}}, "sum to 1"),
     ],
 )
-def test_task_spec_rules(fields, message):
+def test_task_spec_rules(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         TaskSpec(**fields)
 
 
-def test_task_spec_accepts_a_full_labelled_task():
+def test_task_spec_accepts_a_full_labelled_task() -> None:
     spec = TaskSpec(**LABELLED, reference_distribution={"a": 0.3, "b": 0.7 + 1e-7})
 
     assert spec.labels == ["a", "b"]
 
 
-def test_spec_from_hf_config_derives_llama_shapes(tmp_path: Path):
+def test_spec_from_hf_config_derives_llama_shapes(tmp_path: Path) -> None:
     config = {
         "hidden_size": 576,
         "intermediate_size": 1536,
@@ -83,7 +84,7 @@ def test_spec_from_hf_config_derives_llama_shapes(tmp_path: Path):
     assert spec.modules["down_proj"] == TargetModule("mlp.down_proj", 1536, 576)
 
 
-def test_spec_from_hf_config_explains_an_unusable_config(tmp_path: Path):
+def test_spec_from_hf_config_explains_an_unusable_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
 
     with pytest.raises(BaseSpecError, match="Llama-style"):

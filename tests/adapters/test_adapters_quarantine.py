@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import text
@@ -13,6 +15,10 @@ from sqlalchemy import text
 from adapters.database import database_url as make_url
 from adapters.database import open_database
 from adapters.errors import AdapterNotFound
+from adapters.registry import AdapterRegistry
+
+if TYPE_CHECKING:
+    from tests.adapters.conftest import AdapterKit
 
 
 def _poison(home: Path, url: str | None, name: str, manifest: str, *, promote: bool) -> int:
@@ -58,8 +64,14 @@ def _nan_manifest(stored: dict) -> list[str]:
 
 @pytest.mark.parametrize("poison", range(4), ids=["null-alpha", "nan-alpha", "extra", "garbage"])
 def test_a_poisoned_row_is_quarantined_and_logged_once(
-    registry, kit, home, database_url, open_registry, caplog, poison
-):
+    registry: AdapterRegistry,
+    kit: AdapterKit,
+    home: Path,
+    database_url: str | None,
+    open_registry: Callable[[], AdapterRegistry],
+    caplog: pytest.LogCaptureFixture,
+    poison: int,
+) -> None:
     first = registry.register(kit.tar_gz(kit.folder()))
     registry.register(kit.tar_gz(kit.folder(name="other")))
     manifest = _nan_manifest(first.manifest.model_dump(mode="json"))[poison]
@@ -82,7 +94,9 @@ def test_a_poisoned_row_is_quarantined_and_logged_once(
     assert registry.get("intent").quarantined == {}
 
 
-def test_a_quarantined_promoted_version_is_skipped_and_named(registry, kit, home, database_url):
+def test_a_quarantined_promoted_version_is_skipped_and_named(
+    registry: AdapterRegistry, kit: AdapterKit, home: Path, database_url: str | None
+) -> None:
     registry.register(kit.tar_gz(kit.folder()))
     registry.register(kit.tar_gz(kit.folder(name="other")))
     bad = _poison(home, database_url, "intent", "{}", promote=True)
@@ -97,7 +111,9 @@ def test_a_quarantined_promoted_version_is_skipped_and_named(registry, kit, home
     assert registry.resolve("intent").version == 1
 
 
-def test_a_missing_blob_folder_quarantines_its_versions(registry, kit):
+def test_a_missing_blob_folder_quarantines_its_versions(
+    registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     registry.register(kit.tar_gz(kit.folder()))
     gone = registry.register(kit.tar_gz(kit.folder(name="other", seed=1))).adapter
     shutil.rmtree(gone.path)

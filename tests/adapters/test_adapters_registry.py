@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from adapters.errors import AdapterConflict, AdapterNotFound
+from adapters.registry import AdapterRegistry
+
+if TYPE_CHECKING:
+    from tests.adapters.conftest import AdapterKit
 
 
-def test_register_stores_a_complete_promoted_first_version(registry, kit, home):
+def test_register_stores_a_complete_promoted_first_version(
+    registry: AdapterRegistry, kit: AdapterKit, home: Path
+) -> None:
     result = registry.register(kit.tar_gz(kit.folder()))
 
     assert result.created
@@ -30,7 +39,9 @@ def test_register_stores_a_complete_promoted_first_version(registry, kit, home):
     assert registry.get("intent").promoted_version == 1
 
 
-def test_versions_increase_and_promotion_is_explicit_after_the_first(registry, kit):
+def test_versions_increase_and_promotion_is_explicit_after_the_first(
+    registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     registry.register(kit.tar_gz(kit.folder(seed=1)))
     second = registry.register(kit.zip(kit.folder(seed=2)))  # zip at the archive root
 
@@ -43,7 +54,7 @@ def test_versions_increase_and_promotion_is_explicit_after_the_first(registry, k
     assert detail.promoted_version == 2 and [v.version for v in detail.versions] == [1, 2]
 
 
-def test_rollback_walks_back_through_promotions(registry, kit):
+def test_rollback_walks_back_through_promotions(registry: AdapterRegistry, kit: AdapterKit) -> None:
     for seed in range(3):
         registry.register(kit.tar_gz(kit.folder(seed=seed)))
     registry.promote("intent", 2)
@@ -57,7 +68,7 @@ def test_rollback_walks_back_through_promotions(registry, kit):
     assert registry.resolve("intent").version == 1
 
 
-def test_rollback_skips_deleted_versions(registry, kit):
+def test_rollback_skips_deleted_versions(registry: AdapterRegistry, kit: AdapterKit) -> None:
     for seed in range(3):
         registry.register(kit.tar_gz(kit.folder(seed=seed)))
     registry.promote("intent", 2)
@@ -67,7 +78,9 @@ def test_rollback_skips_deleted_versions(registry, kit):
     assert registry.rollback("intent").version == 1
 
 
-def test_duplicate_upload_returns_the_existing_version(registry, kit, home):
+def test_duplicate_upload_returns_the_existing_version(
+    registry: AdapterRegistry, kit: AdapterKit, home: Path
+) -> None:
     folder = kit.folder()
     first = registry.register(kit.tar_gz(folder))
     again = registry.register(kit.zip(folder, top="wrapped"))
@@ -77,7 +90,9 @@ def test_duplicate_upload_returns_the_existing_version(registry, kit, home):
     assert [s.versions for s in registry.list_adapters()] == [[1]]
 
 
-def test_same_weights_with_a_new_manifest_are_a_new_version_sharing_the_blob(registry, kit, home):
+def test_same_weights_with_a_new_manifest_are_a_new_version_sharing_the_blob(
+    registry: AdapterRegistry, kit: AdapterKit, home: Path
+) -> None:
     first = registry.register(kit.tar_gz(kit.folder()))
     renamed = registry.register(kit.tar_gz(kit.folder()), description="better prompt")
 
@@ -89,7 +104,7 @@ def test_same_weights_with_a_new_manifest_are_a_new_version_sharing_the_blob(reg
     assert first.adapter.path.is_dir()  # still used by version 1
 
 
-def test_lora_ids_and_versions_are_never_reused(registry, kit):
+def test_lora_ids_and_versions_are_never_reused(registry: AdapterRegistry, kit: AdapterKit) -> None:
     registry.register(kit.tar_gz(kit.folder(seed=1)))
     second = registry.register(kit.tar_gz(kit.folder(seed=2)))
     registry.delete("intent", 2)
@@ -101,7 +116,7 @@ def test_lora_ids_and_versions_are_never_reused(registry, kit):
     assert other.adapter.lora_int_id == 4 and other.manifest.version == 1
 
 
-def test_delete(registry, kit):
+def test_delete(registry: AdapterRegistry, kit: AdapterKit) -> None:
     registry.register(kit.tar_gz(kit.folder(seed=1)))
     second = registry.register(kit.tar_gz(kit.folder(seed=2)))
 
@@ -116,7 +131,7 @@ def test_delete(registry, kit):
         registry.delete("intent", 2)
 
 
-def test_not_found_messages_list_what_exists(registry, kit):
+def test_not_found_messages_list_what_exists(registry: AdapterRegistry, kit: AdapterKit) -> None:
     with pytest.raises(AdapterNotFound, match="none are registered"):
         registry.resolve("intent")
     registry.register(kit.tar_gz(kit.folder()))
@@ -132,7 +147,7 @@ def test_not_found_messages_list_what_exists(registry, kit):
         registry.resolve("intent@latest")
 
 
-def test_list_adapters(registry, kit):
+def test_list_adapters(registry: AdapterRegistry, kit: AdapterKit) -> None:
     registry.register(kit.tar_gz(kit.folder(name="sentiment")))
     registry.register(kit.tar_gz(kit.folder(seed=1)), description="first")
     registry.register(kit.tar_gz(kit.folder(seed=2)), description="second")
@@ -146,14 +161,18 @@ def test_list_adapters(registry, kit):
     ]
 
 
-def test_name_argument_overrides_and_completes_the_manifest(registry, kit):
+def test_name_argument_overrides_and_completes_the_manifest(
+    registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     named = registry.register(kit.tar_gz(kit.folder(name=None)), name="from-arg")
     renamed = registry.register(kit.tar_gz(kit.folder(name="intent")), name="other")
 
     assert named.manifest.name == "from-arg" and renamed.manifest.name == "other"
 
 
-def test_registry_fields_in_an_uploaded_manifest_are_reassigned(registry, kit):
+def test_registry_fields_in_an_uploaded_manifest_are_reassigned(
+    registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     folder = kit.folder(
         manifest={"version": 9, "digest": "f" * 64, "created_at": "2020-01-01T00:00:00Z"}
     )
@@ -163,7 +182,9 @@ def test_registry_fields_in_an_uploaded_manifest_are_reassigned(registry, kit):
     assert manifest.created_at is not None and manifest.created_at.year > 2020
 
 
-def test_state_persists_across_reopening(open_registry, kit):
+def test_state_persists_across_reopening(
+    open_registry: Callable[[], AdapterRegistry], kit: AdapterKit
+) -> None:
     first = open_registry()
     for seed in range(3):
         first.register(kit.tar_gz(kit.folder(seed=seed)))
@@ -177,17 +198,21 @@ def test_state_persists_across_reopening(open_registry, kit):
     assert reopened.rollback("intent").version == 1
 
 
-def test_concurrent_registrations_get_distinct_versions_and_ids(registry, kit):
+def test_concurrent_registrations_get_distinct_versions_and_ids(
+    registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     archives = [kit.tar_gz(kit.folder(seed=seed)) for seed in range(8)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(registry.register, archives))
 
-    assert sorted(r.manifest.version for r in results) == list(range(1, 9))
+    assert sorted(r.adapter.version for r in results) == list(range(1, 9))
     assert len({r.adapter.lora_int_id for r in results}) == 8
     assert registry.get("intent").promoted_version is not None
 
 
-def test_stored_manifest_renders_prompts_as_trained(registry, kit):
+def test_stored_manifest_renders_prompts_as_trained(
+    registry: AdapterRegistry, kit: AdapterKit
+) -> None:
     manifest = registry.register(kit.tar_gz(kit.folder())).manifest
 
     assert manifest.task.render_messages("I want shares") == [

@@ -6,15 +6,26 @@ import os
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
 from adapters.errors import AdapterRejected
+from adapters.registry import AdapterRegistry
+
+if TYPE_CHECKING:
+    from tests.adapters.conftest import AdapterKit, Snapshot
+
+# how a case makes its upload: the archive, written with the kit
+Build = Callable[["AdapterKit"], Path]
 
 
-def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: str = ""):
+def member(
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: str = ""
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = link
@@ -28,8 +39,8 @@ def zip_special(name: str, kind: int) -> tuple[zipfile.ZipInfo, bytes]:
     return info, b"/etc/passwd"
 
 
-def without(file_name: str):
-    def build(kit) -> Path:
+def without(file_name: str) -> Build:
+    def build(kit: AdapterKit) -> Path:
         folder = kit.folder()
         (folder / file_name).unlink()
         return kit.tar_gz(folder)
@@ -37,8 +48,8 @@ def without(file_name: str):
     return build
 
 
-def overwritten(file_name: str, content: bytes):
-    def build(kit) -> Path:
+def overwritten(file_name: str, content: bytes) -> Build:
+    def build(kit: AdapterKit) -> Path:
         folder = kit.folder()
         (folder / file_name).write_bytes(content)
         return kit.tar_gz(folder)
@@ -46,8 +57,8 @@ def overwritten(file_name: str, content: bytes):
     return build
 
 
-def tensors_changed(change):
-    def build(kit) -> Path:
+def tensors_changed(change: Callable[[AdapterKit, dict[str, np.ndarray]], object]) -> Build:
+    def build(kit: AdapterKit) -> Path:
         tensors = kit.tensors()
         change(kit, tensors)
         return kit.tar_gz(kit.folder(tensors=tensors))
@@ -55,7 +66,7 @@ def tensors_changed(change):
     return build
 
 
-def task(**fields):
+def task(**fields: Any) -> dict[str, Any]:
     return {
         "task": {
             "labels": ["buy", "sell"],
@@ -66,8 +77,8 @@ def task(**fields):
     }
 
 
-def raw_file(content: bytes):
-    def build(kit) -> Path:
+def raw_file(content: bytes) -> Build:
+    def build(kit: AdapterKit) -> Path:
         path = kit.fresh(".tar.gz")
         path.write_bytes(content)
         return path
@@ -75,7 +86,7 @@ def raw_file(content: bytes):
     return build
 
 
-def truncated_tar_gz(kit) -> Path:
+def truncated_tar_gz(kit: AdapterKit) -> Path:
     archive = kit.tar_gz(kit.folder())
     archive.write_bytes(archive.read_bytes()[:300])
     return archive
@@ -294,7 +305,13 @@ CASES = [
 
 
 @pytest.mark.parametrize(("build", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_upload_is_rejected_and_changes_nothing(build, message, registry, kit, snapshot):
+def test_bad_upload_is_rejected_and_changes_nothing(
+    build: Callable[[AdapterKit], Path],
+    message: str,
+    registry: AdapterRegistry,
+    kit: AdapterKit,
+    snapshot: Snapshot,
+) -> None:
     registry.register(kit.tar_gz(kit.folder(name="existing")))
     before = snapshot()
 

@@ -18,7 +18,7 @@ from tests.support.adapters import make_random_lora, pack_adapter
 from tests.support.prometheus import RunningPrometheus, start_prometheus
 from tests.support.server import RunningServer
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.promtool]
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"

@@ -34,6 +34,7 @@ def dashboard_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     ],
     ids=["check-config", "check-rules", "test-rules"],
 )
+@pytest.mark.promtool
 def test_promtool(args: tuple[str, ...]) -> None:
     result = promtool(*args, cwd=PROMETHEUS_DIR)
     assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"

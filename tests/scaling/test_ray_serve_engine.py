@@ -28,7 +28,7 @@ from tests.support.adapters import make_random_lora, pack_adapter
 from tests.support.postgres import running_postgres
 from tests.support.server import RunningServer, free_port, start_server
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.ray, pytest.mark.postgres]
 
 REPLICAS = 2
 MAX_NUM_SEQS = 4  # also each replica's max_ongoing_requests: more load spills to the other

@@ -26,6 +26,8 @@ from server.ray_serve.remote_engine import _engine_errors, served_by
 from server.ray_serve.replica_metrics import scrape_app, scrape_host, serve_scrapes
 from server.settings import Settings
 
+pytestmark = pytest.mark.ray
+
 
 def test_a_hotswap_error_raised_on_a_replica_comes_back_as_itself() -> None:
     cause = InvalidRequest("schema rejected by the engine")

@@ -76,6 +76,7 @@ def test_the_plugin_is_declared_to_vllm() -> None:
     )
 
 
+@pytest.mark.vllm
 def test_vllms_outlines_backend_caches_within_the_bound(
     monkeypatch: pytest.MonkeyPatch, base_model_path: Path
 ) -> None:
@@ -92,7 +93,7 @@ def test_vllms_outlines_backend_caches_within_the_bound(
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_path)
     config = SimpleNamespace(speculative_config=None)
-    backend = backend_outlines.OutlinesBackend(config, tokenizer, len(tokenizer))  # type: ignore[arg-type]
+    backend = backend_outlines.OutlinesBackend(config, tokenizer, len(tokenizer))
     assert isinstance(backend.cache, GrammarCache) and backend.cache.maxsize == 1 << 20
 
     for regex in ("[a-z]{1,5}", "[0-9]{1,3}", _OBJECT, "(yes|no)"):

@@ -1,4 +1,4 @@
-"""Bounded schemas pass vLLM's own outlines request validation (imports vLLM: marked engine)."""
+"""Bounded schemas pass vLLM's own outlines request validation (imports vLLM, starts no engine)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from server.structured import SchemaRefusedError, prepare_schema
 from tests.structured.conftest import CORPUS
 
-pytestmark = pytest.mark.engine
+pytestmark = pytest.mark.vllm
 
 
 def _prepared() -> list[tuple[str, dict[str, Any]]]:

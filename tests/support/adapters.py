@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -33,7 +34,7 @@ def make_random_lora(
     return out
 
 
-def pack_adapter(folder: Path, archive: Path, manifest: dict[str, object] | None = None) -> Path:
+def pack_adapter(folder: Path, archive: Path, manifest: Mapping[str, object] | None = None) -> Path:
     """A `.tar.gz` of a PEFT folder (files at the root), with `hotswap.json` if given."""
     import json
     import tarfile
