@@ -151,8 +151,9 @@ class GenerationService:
     async def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Resolve, frame, admit the schema of and budget a request; raises a `HotswapError`
         naming the problem (and counts the refusal). A schema is bounded and compiled in the
-        sandbox here, before the engine sees it; with one, `max_tokens` is at least what its
-        longest document needs (unset: exactly that), so a document is never cut."""
+        sandbox here, before the engine sees it; with one, `max_tokens` unset is what its
+        longest document needs, and a smaller one is decoded budget-aware (the document closed
+        within it), so a document is never cut."""
         (prepared,) = await self.prepare_all([request])
         return prepared
 
