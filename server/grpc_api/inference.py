@@ -38,7 +38,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
         generation = self.ready().generation
         prepared = await generation.prepare(await _domain_request(request))
         await _name_grammar_engine(context, prepared)
-        return response(await generation.complete(prepared, _request_id()))
+        results = await generation.complete(prepared, _request_id())
+        return response(results, prepared.grammar_engine)
 
     @guarded(Role.INFER)
     async def GenerateStream(  # noqa: N802 (gRPC method name)
@@ -58,7 +59,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
                             delta=chunk.text, index=chunk.index, logprobs=_logprobs(chunk.logprobs)
                         )
                     )
-        await context.write(pb.GenerateStreamResponse(summary=response(results)))
+        summary = response(results, prepared.grammar_engine)
+        await context.write(pb.GenerateStreamResponse(summary=summary))
 
 
 async def _name_grammar_engine(context: Any, prepared: PreparedRequest) -> None:
@@ -97,8 +99,11 @@ def domain_request(message: pb.GenerateRequest) -> GenerationRequest:
     return generation_request(parse_generate(fields), protocol="grpc")
 
 
-def response(results: list[GenerationResult]) -> pb.GenerateResponse:
-    """The summary of a run: the first choice's fields, every choice, the usage of all."""
+def response(
+    results: list[GenerationResult], grammar_engine: str | None = None
+) -> pb.GenerateResponse:
+    """The summary of a run: the first choice's fields, every choice, the usage of all, and
+    the grammar engine that decoded it."""
     choices = [_choice(result) for result in results]
     first, model = choices[0], results[0].model
     prompt_tokens = results[0].prompt_tokens
@@ -116,6 +121,8 @@ def response(results: list[GenerationResult]) -> pb.GenerateResponse:
     )
     if model.version is not None:
         message.adapter.version = model.version
+    if grammar_engine is not None:
+        message.grammar_engine = grammar_engine
     if first.HasField("finish_reason"):
         message.finish_reason = first.finish_reason
     if first.HasField("valid"):

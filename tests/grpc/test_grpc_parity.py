@@ -73,18 +73,32 @@ def _http_generate(server: RunningServer, body: dict[str, Any]) -> httpx.Respons
     return httpx.post(f"{server.url}/v1/generate", json=body, timeout=300)
 
 
+def _output(message: pb.GenerateResponse | pb.Choice) -> Any:
+    if message.HasField("output_struct"):
+        return from_struct(message.output_struct)
+    if message.HasField("output_json"):
+        return json.loads(message.output_json)
+    return None
+
+
+def _choice_dict(message: pb.GenerateResponse | pb.Choice, index: int) -> dict[str, Any]:
+    """One choice's fields in the HTTP API's shape (logprobs were not asked for)."""
+    assert not message.logprobs
+    return {
+        "index": index,
+        "text": message.text,
+        "output": _output(message),
+        "valid": message.valid if message.HasField("valid") else None,
+        "finish_reason": message.finish_reason if message.HasField("finish_reason") else None,
+        "logprobs": None,
+    }
+
+
 def _as_dict(reply: pb.GenerateResponse) -> dict[str, Any]:
     """A gRPC reply in the HTTP API's shape."""
-    output: Any = None
-    if reply.HasField("output_struct"):
-        output = from_struct(reply.output_struct)
-    elif reply.HasField("output_json"):
-        output = json.loads(reply.output_json)
     return {
-        "text": reply.text,
-        "output": output,
-        "valid": reply.valid if reply.HasField("valid") else None,
-        "finish_reason": reply.finish_reason if reply.HasField("finish_reason") else None,
+        **_choice_dict(reply, 0),
+        "choices": [_choice_dict(choice, choice.index) for choice in reply.choices],
         "usage": {
             "prompt_tokens": reply.usage.prompt_tokens,
             "completion_tokens": reply.usage.completion_tokens,
@@ -94,6 +108,7 @@ def _as_dict(reply: pb.GenerateResponse) -> dict[str, Any]:
             "name": reply.adapter.name,
             "version": reply.adapter.version if reply.adapter.HasField("version") else None,
         },
+        "grammar_engine": reply.grammar_engine if reply.HasField("grammar_engine") else None,
     }
 
 
