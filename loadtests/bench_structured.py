@@ -1,55 +1,88 @@
-"""Structured outputs per vLLM backend (outlines, xgrammar, guidance), side by side.
+"""Structured outputs per grammar-engine mode, side by side.
 
-For each backend a real `hotswap serve` (one at a time, `HOTSWAP_STRUCTURED_OUTPUTS_BACKEND`)
-gets the same sample of the schema corpus (`tests/structured/corpus/`) through the streamed
-chat route (`response_format` json_schema, greedy), and reports:
+Modes (each a real `hotswap serve`, one at a time):
+- `outlines`: outlines alone (`HOTSWAP_SCHEMA_FALLBACK_ENGINE=none`);
+- `guidance`, `xgrammar`: that vLLM backend for every request
+  (`HOTSWAP_STRUCTURED_OUTPUTS_BACKEND`; hotswap's bounding and compile guard still admit);
+- `hybrid`: outlines, and llguidance per request for what outlines cannot compile within the
+  limits or express (the default).
 
-- coverage: share of the sample admitted (streamed) rather than refused with a 422;
+Each gets the same sample of the schema corpus (`tests/structured/corpus/`) through the
+streamed chat route (`response_format` json_schema, greedy), and reports:
+
+- coverage: the exact counts answered (streamed) and refused (by status and error type);
 - validity: share of the admitted whose streamed document validates (jsonschema, Draft
   2020-12) against the user's schema; `flagged` = the stream ended with hotswap's
   `schema_violation` error event, `silent` = invalid text with no error (must be 0);
 - first-token latency of the schema's first use (cold: hotswap's compile guard and the
-  engine's own grammar compile) and of a repeat (cached), p50/p99, and their difference;
+  engine's own grammar compile) and of a repeat (cached), p50/p99, and their difference (the
+  compile time as a client sees it);
 - decode rate constrained vs free: the same prompt generated again without a schema and with
   `max_tokens` = the constrained answer's tokens; tokens after the first / time after the
-  first token, summed over the sample, and the ratio constrained / free.
+  first token, summed over the sample, and the ratio constrained / free;
+- the engine's resident memory at the end: RSS of the EngineCore and worker processes.
 
-Before the servers, hotswap's compile guard alone (in this process, the same for every
-backend) compiles the sample twice: cold and cached wall time p50/p99.
+Before the servers, the schema policy alone (in this process, fresh compile guard, default
+limits) admits the WHOLE corpus once per fallback setting: counts by grammar engine and by
+refusal reason, and admission time p50/p99 (bounding + sandboxed compilation); the engine
+modes then run on `--sample` (each schema costs a few seconds of decoding per mode).
 
     .venv/bin/python loadtests/bench_structured.py              # a sample of 20 schemas
     .venv/bin/python loadtests/bench_structured.py --full       # the whole corpus
-    .venv/bin/python loadtests/bench_structured.py --backends outlines xgrammar
+    .venv/bin/python loadtests/bench_structured.py --modes outlines hybrid
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.base_model import prepare_default_base_model  # noqa: E402
+from server.errors import HotswapError  # noqa: E402
+from server.schema_policy import SchemaPolicy  # noqa: E402
 from server.settings import Settings  # noqa: E402
-from server.structured import (  # noqa: E402
-    CompileGuard,
-    SchemaRefusedError,
-    prepare_schema,
-    validate_document,
-)
+from server.structured import CompileGuard, validate_document  # noqa: E402
+from server.structured.engine_extension import FallbackEngine  # noqa: E402
 from tests.structured.conftest import CORPUS  # noqa: E402
 from tests.support.server import RunningServer, start_server  # noqa: E402
 
-BACKENDS = ("outlines", "xgrammar", "guidance")
+ADMISSION: dict[str, FallbackEngine | None] = {
+    "outlines": None,
+    "guidance": None,
+    "xgrammar": None,
+    "hybrid": "guidance",
+}
+"""The fallback each mode's policy admits with: the guidance and xgrammar backends are gated by
+the same bounding and outlines compile guard as outlines alone (no fallback beside them)."""
+MODES: dict[str, dict[str, str]] = {
+    "outlines": {
+        "HOTSWAP_STRUCTURED_OUTPUTS_BACKEND": "outlines",
+        "HOTSWAP_SCHEMA_FALLBACK_ENGINE": "none",
+    },
+    "guidance": {"HOTSWAP_STRUCTURED_OUTPUTS_BACKEND": "guidance"},
+    "xgrammar": {"HOTSWAP_STRUCTURED_OUTPUTS_BACKEND": "xgrammar"},
+    "hybrid": {
+        "HOTSWAP_STRUCTURED_OUTPUTS_BACKEND": "outlines",
+        "HOTSWAP_SCHEMA_FALLBACK_ENGINE": "guidance",
+    },
+}
+ENGINE_PROCESS = "VLLM::"
+"""How vLLM titles its engine-core and worker processes."""
 PROMPT = "Answer with a JSON document that fits the requested format."
 SEED = 7
 
@@ -71,12 +104,34 @@ def p50_p99(values: list[float]) -> str:
     return f"{fmt_ms(percentile(values, 50))}/{fmt_ms(percentile(values, 99))}"
 
 
+def engine_rss_mb(server: RunningServer) -> float:
+    """Resident memory of the server's vLLM engine-core and worker processes, MB."""
+    total = 0
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if ENGINE_PROCESS in " ".join(child.cmdline()) or ENGINE_PROCESS in child.name():
+                total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
 def sample_corpus(size: int | None) -> list[dict[str, Any]]:
     """Every k-th corpus entry (all families, hostile ones included), or all of them."""
     if size is None or size >= len(CORPUS):
         return list(CORPUS)
     step = len(CORPUS) / size
     return [CORPUS[int(k * step)] for k in range(size)]
+
+
+@dataclass
+class Admission:
+    """The schema policy's verdicts on the corpus for one fallback setting."""
+
+    fallback: FallbackEngine | None
+    engines: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    admit_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -150,8 +205,8 @@ def stream_chat(
 
 
 @dataclass
-class BackendResult:
-    backend: str
+class ModeResult:
+    mode: str
     sampled: int = 0
     admitted: int = 0
     refused: dict[str, int] = field(default_factory=dict)
@@ -166,15 +221,14 @@ class BackendResult:
     constrained_decode_s: float = 0.0
     free_tokens: int = 0
     free_decode_s: float = 0.0
+    engine_rss_mb: float | None = None
 
     def rate(self, tokens: int, seconds: float) -> float | None:
         return tokens / seconds if seconds > 0 else None
 
 
-def bench_backend(
-    server: RunningServer, backend: str, entries: list[dict[str, Any]]
-) -> BackendResult:
-    result = BackendResult(backend, sampled=len(entries))
+def bench_mode(server: RunningServer, mode: str, entries: list[dict[str, Any]]) -> ModeResult:
+    result = ModeResult(mode, sampled=len(entries))
     with httpx.Client(base_url=server.url, timeout=600) as http:
         model = http.get("/v1/models").json()["data"][0]["id"]
         stream_chat(http, model, None, max_tokens=4)  # warm the engine outside the figures
@@ -213,45 +267,64 @@ def bench_backend(
                 f"{fmt_ms(cached.first_token_s)} ms",
                 flush=True,
             )
+    result.engine_rss_mb = engine_rss_mb(server)
     return result
 
 
-def bench_guard(model_path: Path, entries: list[dict[str, Any]]) -> tuple[list[float], ...]:
-    """hotswap's compile guard alone: wall seconds per schema, first use and repeat."""
+def admission_pass(
+    model_path: Path, entries: list[dict[str, Any]], fallback: FallbackEngine | None
+) -> Admission:
+    """The server's whole schema policy alone (bounding, the compile guard with the default
+    limits, the fallback's compile check, the token budget for a short prompt), fresh, on
+    every entry: which grammar engine would decode it or why it is refused, and how long
+    admitting it took."""
     settings = Settings()
-    bounded = []
-    for entry in entries:
-        try:
-            bounded.append(prepare_schema(entry["schema"], settings.schema_limits).bounded)
-        except SchemaRefusedError:
-            continue
-    cold: list[float] = []
-    cached: list[float] = []
+    result = Admission(fallback)
     with CompileGuard(
         model_path,
         timeout_s=settings.schema_compile_timeout_s,
         memory_limit_mb=settings.schema_compile_memory_mb,
+        max_grammar_mb=settings.schema_max_grammar_mb,
     ) as guard:
         guard.start()
-        for runs in (cold, cached):
-            for schema in bounded:
-                started = time.perf_counter()
-                guard.check_sync(schema)
-                runs.append(time.perf_counter() - started)
-    return cold, cached
+        policy = SchemaPolicy(guard, settings.schema_limits, fallback=fallback)
+        context = settings.max_model_len
+        for entry in entries:
+            started = time.perf_counter()
+            try:
+                admitted = asyncio.run(policy.admit(entry["schema"]))
+                asyncio.run(policy.token_plan(admitted, None, context - 32, context))
+            except HotswapError as exc:
+                reason = re.search(r"refused \((\w+)\)", exc.message)
+                why = (
+                    reason.group(1) if reason else "invalid" if " is invalid" in exc.message else ""
+                )
+                key = f"{exc.status} {exc.code} {why}".strip()
+                result.refused[key] += 1
+                continue
+            result.admit_s.append(time.perf_counter() - started)
+            result.engines[admitted.grammar_engine] += 1
+    return result
 
 
-def print_table(
-    results: list[BackendResult], guard_cold: list[float], guard_cached: list[float]
-) -> None:
-    print(
-        f"\nhotswap compile guard alone ({len(guard_cold)} bounded schemas), p50/p99 ms: "
-        f"cold {p50_p99(guard_cold)}, cached {p50_p99(guard_cached)}"
-    )
+def print_admissions(admissions: dict[FallbackEngine | None, Admission], total: int) -> None:
+    print(f"\nadmission by the schema policy alone, {total} corpus schemas:")
+    for mode, fallback in ADMISSION.items():
+        a = admissions[fallback]
+        admitted = sum(a.engines.values())
+        print(
+            f"  {mode:9s} admitted {admitted}/{total} ({admitted / total:.1%}) "
+            f"by {dict(a.engines)}; admit p50/p99 ms {p50_p99(a.admit_s)}; "
+            f"refused {dict(a.refused)}"
+        )
+
+
+def print_table(results: list[ModeResult]) -> None:
     header = (
-        f"{'backend':9s} {'coverage':>9s} {'validity':>9s} {'flagged':>7s} {'silent':>6s} "
+        f"{'mode':9s} {'answered':>12s} {'valid':>12s} {'flagged':>7s} {'silent':>6s} "
         f"{'5xx':>4s} {'ttft cold p50/p99 ms':>21s} {'cached p50/p99 ms':>18s} "
-        f"{'cold-cached p50/p99':>20s} {'tok/s constr':>12s} {'tok/s free':>10s} {'ratio':>6s}"
+        f"{'cold-cached p50/p99':>20s} {'tok/s constr':>12s} {'tok/s free':>10s} {'ratio':>6s} "
+        f"{'engine RSS MB':>13s}"
     )
     print(header)
     rows = []
@@ -261,16 +334,18 @@ def print_table(
         constrained = r.rate(r.constrained_tokens, r.constrained_decode_s)
         free = r.rate(r.free_tokens, r.free_decode_s)
         ratio = constrained / free if constrained and free else None
+        rss = f"{r.engine_rss_mb:.0f}" if r.engine_rss_mb is not None else "-"
         print(
-            f"{r.backend:9s} {coverage:9.1%} {validity:9.1%} {r.flagged:7d} "
+            f"{r.mode:9s} {f'{r.admitted}/{r.sampled}':>7s} {coverage:4.0%} "
+            f"{f'{r.valid}/{r.admitted}':>7s} {validity:4.0%} {r.flagged:7d} "
             f"{r.silent_invalid:6d} {r.server_errors:4d} "
             f"{p50_p99(r.cold_ttft):>21s} {p50_p99(r.cached_ttft):>18s} "
             f"{p50_p99(r.compile_delta):>20s}"
-            f"{constrained or 0:12.1f} {free or 0:10.1f} {ratio or 0:6.2f}"
+            f"{constrained or 0:12.1f} {free or 0:10.1f} {ratio or 0:6.2f} {rss:>13s}"
         )
         rows.append(
             {
-                "backend": r.backend,
+                "mode": r.mode,
                 "sampled": r.sampled,
                 "admitted": r.admitted,
                 "refused": r.refused,
@@ -280,10 +355,13 @@ def print_table(
                 "constrained_tok_s": constrained,
                 "free_tok_s": free,
                 "ratio": ratio,
+                "compile_p50_s": percentile(r.compile_delta, 50),
+                "compile_p99_s": percentile(r.compile_delta, 99),
+                "engine_rss_mb": r.engine_rss_mb,
             }
         )
     for r in results:
-        print(f"{r.backend}: refused {r.refused}")
+        print(f"{r.mode}: refused {r.refused}")
     print(json.dumps(rows))
 
 
@@ -291,18 +369,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=20, help="corpus schemas (default 20)")
     parser.add_argument("--full", action="store_true", help="the whole corpus")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--names", nargs="+", help="these corpus schemas instead of a sample")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument(
+        "--skip-admission", action="store_true", help="no policy pass over the whole corpus"
+    )
+    parser.add_argument(
+        "--admission-only", action="store_true", help="only the policy pass (no engine)"
+    )
     parser.add_argument(
         "--ready-timeout", type=float, default=1800.0, help="engine start-up wait, seconds"
     )
     args = parser.parse_args()
-    entries = sample_corpus(None if args.full else args.sample)
+    entries = (
+        [e for e in CORPUS if e["name"] in set(args.names)]
+        if args.names
+        else sample_corpus(None if args.full else args.sample)
+    )
     base = prepare_default_base_model(Settings().home)
-    print(f"compile guard on {len(entries)} schemas", flush=True)
-    guard_cold, guard_cached = bench_guard(base, entries)
+    admissions: dict[FallbackEngine | None, Admission] = {}
+    if not args.skip_admission:
+        for fallback in dict.fromkeys(ADMISSION[mode] for mode in args.modes):
+            print(f"admission pass, fallback {fallback}, {len(CORPUS)} schemas", flush=True)
+            admissions[fallback] = admission_pass(base, CORPUS, fallback)
+        print_admissions(admissions, len(CORPUS))
+    if args.admission_only:
+        return
     results = []
-    for backend in args.backends:
-        print(f"\n{backend}: starting a server", flush=True)
+    for mode in args.modes:
+        print(f"\n{mode}: starting a server", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp)
             try:
@@ -311,17 +406,19 @@ def main() -> None:
                     home=home,
                     base_model=base,
                     args=[],
-                    env={"HOTSWAP_STRUCTURED_OUTPUTS_BACKEND": backend},
+                    env=MODES[mode],
                     ready_timeout_s=args.ready_timeout,  # start-up takes minutes under load
                 )
-            except RuntimeError as exc:  # reported, and the other backends still run
-                print(f"{backend}: the server did not start: {str(exc)[-400:]}", flush=True)
+            except RuntimeError as exc:  # reported, and the other modes still run
+                print(f"{mode}: the server did not start: {str(exc)[-400:]}", flush=True)
                 continue
             try:
-                results.append(bench_backend(server, backend, entries))
+                results.append(bench_mode(server, mode, entries))
             finally:
                 server.stop()
-        print_table(results, guard_cold, guard_cached)  # so far: a later failure loses nothing
+        print_table(results)  # so far: a later failure loses nothing
+    if admissions:
+        print_admissions(admissions, len(CORPUS))
 
 
 if __name__ == "__main__":

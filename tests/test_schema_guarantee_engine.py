@@ -4,6 +4,7 @@ never take the server down. A sample of the corpus in `tests/structured/corpus/`
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -40,9 +41,15 @@ SERVED = [
     "mixed_enum",
     "anyof_scalars",
 ]
+REALWORLD_SAMPLE = [
+    entry["name"] for entry in CORPUS if entry["family"] == "realworld" and entry["expect"] == "ok"
+][::13] + [f"beyond_bounding_{k}" for k in range(4)]
+"""A fixed sample of the generated real-world family: every 13th entry marked `ok`, and the
+shapes outlines' bounding cannot express (served by the fallback grammar engine)."""
+MIN_ANSWERED_SHARE = 0.9
 REFUSED = ["lookahead_pattern", "invalid_type_name"]
 HOSTILE_PREPARE = ["deep_nesting_60", "huge_enum_10k"]  # refused while bounding
-HOSTILE_COMPILE = "huge_max_length"  # refused by the compile sandbox
+HOSTILE_COMPILE = "huge_max_length"  # over the compile sandbox's limits: the fallback serves it
 
 
 def _generate(server: RunningServer, schema: Any, **extra: Any) -> httpx.Response:
@@ -77,13 +84,43 @@ def test_every_answer_validates_against_the_original_schema(
     assert body["finish_reason"] == "stop", body  # never cut by max_tokens
 
 
-def test_max_tokens_below_the_budget_is_refused_before_generating(server: RunningServer) -> None:
-    before = _completion_tokens(server)
-    response = _generate(server, BY_NAME["numbers_unbounded"]["schema"], max_tokens=8)
+def _minimum(server: RunningServer, schema: Any) -> int:
+    """The fewest tokens a document of `schema` takes, as the server's refusal of a
+    max_tokens of 1 states it."""
+    response = _generate(server, schema, max_tokens=1)
     assert response.status_code == 422, response.text
-    assert response.json()["error"]["type"] == "schema_budget"
-    assert "raise max_tokens to at least" in response.text
-    assert _completion_tokens(server) == before
+    error = response.json()["error"]
+    assert error["type"] == "schema_budget", error
+    match = re.search(r"the (\d+) tokens the shortest document", error["message"])
+    assert match is not None, error
+    return int(match.group(1))
+
+
+def test_max_tokens_below_the_shortest_document_is_refused_before_generating(
+    server: RunningServer,
+) -> None:
+    before = _completion_tokens(server)
+    minimum = _minimum(server, BY_NAME["tuple_point"]["schema"])
+    assert minimum > 1 and _completion_tokens(server) == before
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_a_budget_of_the_shortest_document_gets_a_complete_valid_answer(
+    server: RunningServer, name: str
+) -> None:
+    """Issue 20's budget test: `max_tokens` = the shortest document's tokens + 1 (the
+    end-of-sequence) is a promise, kept by budget-aware decoding, not a reason to refuse."""
+    schema = BY_NAME[name]["schema"]
+    minimum = _minimum(server, schema)
+    response = _generate(server, schema, max_tokens=minimum)
+    if response.status_code == 422:  # only a document that kept failing an unenforced keyword
+        assert response.json()["error"]["type"] == "schema_violation", response.text
+        return
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert validate_document(schema, body["text"]).valid, (name, body["text"])
+    assert body["valid"] is True and body["finish_reason"] == "stop", body
+    assert body["usage"]["completion_tokens"] <= minimum, body
 
 
 @pytest.mark.parametrize("name", REFUSED + HOSTILE_PREPARE)
@@ -95,17 +132,65 @@ def test_refusals_are_422s_before_generating(server: RunningServer, name: str) -
     assert _completion_tokens(server) == before
 
 
-def test_a_hostile_compile_is_refused_and_the_server_keeps_serving(
+def test_a_schema_outlines_cannot_compile_is_served_by_the_fallback_engine(
     server: RunningServer,
 ) -> None:
-    before = _completion_tokens(server)
-    response = _generate(server, BY_NAME[HOSTILE_COMPILE]["schema"])
-    if response.status_code == 503:  # the wall-clock limit under load: to retry, not cached
-        assert "machine busy" in response.text
-    else:
-        assert response.status_code == 422, response.text
-        assert "refused (" in response.text
-    assert _completion_tokens(server) == before
-    after = _generate(server, BY_NAME["yes_no"]["schema"])
-    assert after.status_code == 200 and after.json()["valid"] is True, after.text
+    """Issue 20: what outlines cannot compile within the limits (a 100,000-character string:
+    minutes and gigabytes of token index) is decoded by llguidance for that request, validated
+    like any answer; the response names the engine, and the server keeps serving."""
+    schema = {"type": "object", "properties": {"note": BY_NAME[HOSTILE_COMPILE]["schema"]}}
+    schema["required"] = ["note"]
+    response = _generate(server, schema, max_tokens=64)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["grammar_engine"] == "guidance", body
+    assert response.headers["x-hotswap-grammar-engine"] == "guidance"
+    assert body["valid"] is True and validate_document(schema, body["text"]).valid, body
+    outlines = _generate(server, BY_NAME["yes_no"]["schema"])
+    assert outlines.status_code == 200 and outlines.json()["valid"] is True, outlines.text
+    assert outlines.json()["grammar_engine"] == "outlines"
+    assert outlines.headers["x-hotswap-grammar-engine"] == "outlines"
     assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
+
+
+def test_a_schema_bounding_cannot_express_is_served_by_the_fallback_engine(
+    server: RunningServer,
+) -> None:
+    """Two `if`s under `allOf`: bounding cannot merge them, llguidance decodes it, the
+    server's validation against the original schema keeps the guarantee."""
+    schema = {
+        "type": "object",
+        "properties": {"kind": {"enum": ["a", "b"]}, "x": {"type": "integer"}},
+        "required": ["kind", "x"],
+        "allOf": [
+            {"if": {"properties": {"kind": {"const": "a"}}}, "then": {"required": ["x"]}},
+            {"if": {"properties": {"kind": {"const": "b"}}}, "then": {"required": ["kind"]}},
+        ],
+    }
+    response = _generate(server, schema, max_tokens=48)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["grammar_engine"] == "guidance" and body["valid"] is True, body
+    assert validate_document(schema, body["text"]).valid
+
+
+def test_nine_in_ten_served_corpus_schemas_get_a_valid_200(server: RunningServer) -> None:
+    """Issue 20's coverage floor, counted: of SERVED and the real-world sample, at least 90 %
+    answer 200 with a document that validates; no answer is an invalid 200, none a 5xx."""
+    names = SERVED + REALWORLD_SAMPLE
+    outcomes: dict[str, str] = {}
+    for name in names:
+        schema = BY_NAME[name]["schema"]
+        response = _generate(server, schema)
+        assert response.status_code < 500, (name, response.text)
+        if response.status_code != 200:
+            outcomes[name] = f"{response.status_code} {response.json()['error']['type']}"
+            continue
+        body = response.json()
+        assert validate_document(schema, body["text"]).valid, (name, body["text"])
+        assert body["valid"] is True, body
+        outcomes[name] = f"valid ({body['grammar_engine']})"
+    answered = sum(outcome.startswith("valid") for outcome in outcomes.values())
+    print(f"answered {answered} of {len(names)}: {outcomes}")
+    assert len(names) >= 40
+    assert answered >= MIN_ANSWERED_SHARE * len(names), outcomes

@@ -2,13 +2,22 @@
 
 Real-world shapes (API payloads, extraction and classification outputs, config files) by
 family, one JSON file per family under `corpus/`, each a list of
-`{"name", "schema", "expect"}` where `expect` is "ok" (should be served), "refuse" (hostile:
-must be refused by bounding or by the compile guard within its limits) or "any".
+`{"name", "schema", "expect"}` where `expect` is "ok" (served by the default server: bounded,
+then compiled by outlines or by the fallback grammar engine), "refuse" (hostile: refused by the
+whole schema policy, with the default limits and fallback engine: bounding, the compile guard,
+the fallback's compile check or the token budget) or "any" (outlines' bounding cannot express
+it: served only through the fallback grammar engine, or refused without one).
+`tests/structured/test_corpus_refusals.py` holds every "refuse" to that.
+
+    .venv/bin/python tests/structured/corpus_gen.py             # every family
+    .venv/bin/python tests/structured/corpus_gen.py realworld   # only the named ones
 """
 
 from __future__ import annotations
 
 import json
+import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +25,7 @@ CORPUS = Path(__file__).parent / "corpus"
 Schema = dict[str, Any]
 
 
-def entry(name: str, schema: Schema, expect: str = "ok") -> dict[str, Any]:
+def entry(name: str, schema: Schema | bool, expect: str = "ok") -> dict[str, Any]:
     return {"name": name, "schema": schema, "expect": expect}
 
 
@@ -208,7 +217,7 @@ def basic() -> list[dict[str, Any]]:
         entry(
             "dictionary_required_map",
             {"type": "object", "additionalProperties": STR, "minProperties": 1},
-            "refuse",
+            "any",  # bounding cannot express it; the fallback grammar engine serves it
         ),
         entry(
             "min_max_properties",
@@ -767,6 +776,7 @@ def refs() -> list[dict[str, Any]]:
                 "$defs": {"Unused": {"type": "string", "pattern": "(?=x)"}},
                 **obj({"a": BOOL}, ["a"]),
             },
+            "refuse",  # the safety check refuses every pattern RE2 cannot run, used or not
         ),
         entry(
             "ref_anchor_unsupported",
@@ -774,7 +784,7 @@ def refs() -> list[dict[str, Any]]:
                 "$defs": {"A": {"$anchor": "foo", **s(maxLength=3)}},
                 **obj({"a": {"$ref": "#foo"}}, ["a"]),
             },
-            "refuse",
+            "any",  # bounding cannot resolve `$anchor`; the fallback grammar engine serves it
         ),
         entry(
             "ref_external_unsupported",
@@ -934,8 +944,9 @@ def combinators() -> list[dict[str, Any]]:
         entry("nested_anyof", {"anyOf": [{"anyOf": [INT, BOOL]}, {"type": "null"}]}),
         entry("enum_and_type", {"type": "string", "enum": ["x", "y"]}),
         entry("enum_and_const", {"enum": ["x", "y"], "const": "y"}),
-        entry("enum_object_values", {"enum": [{"a": 1}, {"b": 2}]}, "refuse"),
-        entry("const_object", {"const": {"a": 1}}, "refuse"),
+        # Bounding cannot express object values; the fallback grammar engine serves them.
+        entry("enum_object_values", {"enum": [{"a": 1}, {"b": 2}]}, "any"),
+        entry("const_object", {"const": {"a": 1}}, "any"),
         entry("false_property", obj({"a": STR, "b": False}, ["a"])),
         entry("false_required_property", obj({"a": STR, "b": False}, ["a", "b"]), "refuse"),
         entry("anyof_with_false_branch", {"anyOf": [False, INT]}),
@@ -998,7 +1009,9 @@ def strings() -> list[dict[str, Any]]:
         entry("word_boundary_pattern", obj({"v": s(pattern="\\bfoo\\b")}, ["v"]), "refuse"),
         entry("invalid_regex", obj({"v": s(pattern="([a-z]")}, ["v"]), "refuse"),
         entry("unicode_property_pattern", obj({"v": s(pattern="^\\p{L}+$")}, ["v"]), "refuse"),
-        entry("case_insensitive_flag", obj({"v": s(pattern="(?i)^abc$")}, ["v"]), "refuse"),
+        entry(  # bounding refuses the flag; the fallback grammar engine ignores it, validation not
+            "case_insensitive_flag", obj({"v": s(pattern="(?i)^abc$")}, ["v"]), "any"
+        ),
         entry("min_gt_max_length", s(minLength=5, maxLength=2), "refuse"),
         entry("length_zero", s(maxLength=0)),
         entry("length_exact", s(minLength=4, maxLength=4)),
@@ -1077,7 +1090,8 @@ def hostile() -> list[dict[str, Any]]:
             "refuse",
         ),
         entry("huge_min_items", arr(s(maxLength=20), minItems=5000), "refuse"),
-        entry("huge_max_length", s(maxLength=100000), "refuse"),
+        # Over outlines' compile limits; the fallback engine serves it within the context.
+        entry("huge_max_length", s(maxLength=100000), "any"),
         entry("pathological_nested_quantifiers", s(pattern="^(a{1,200}){1,200}$"), "refuse"),
         entry(
             "pathological_many_alternatives",
@@ -1095,9 +1109,487 @@ def hostile() -> list[dict[str, Any]]:
             {"type": "array", "prefixItems": [s(maxLength=8) for _ in range(3000)]},
             "refuse",
         ),
-        entry("array_of_long_strings", arr(s(maxLength=400), minItems=40, maxItems=60), "refuse"),
-        entry("escaped_quote_pattern_repeat", s(pattern='^(\\"|[a-z]){0,40}$'), "refuse"),
+        entry(  # the same; its shortest document (40 empty strings) fits the context
+            "array_of_long_strings", arr(s(maxLength=400), minItems=40, maxItems=60), "any"
+        ),
+        # Over outlines' compile limits; the fallback grammar engine serves it (83 tokens at most).
+        entry("escaped_quote_pattern_repeat", s(pattern='^(\\"|[a-z]){0,40}$')),
     ]
+
+
+# -- realworld: seeded shapes of public schema collections ----------------------------------
+# Function-calling parameters, Kubernetes objects, SchemaStore configs, GitHub API payloads and
+# extraction outputs, drawn with a fixed seed: the same file every run.
+
+REALWORLD_SEED = 20
+DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = "^[0-9]+(\\.[0-9]+)?(m|Ki|Mi|Gi)?$"
+SEMVER = "^[0-9]+\\.[0-9]+\\.[0-9]+(-[0-9A-Za-z.-]+)?$"
+HEX_COLOR = "^[0-9a-fA-F]{6}$"
+SHA = "^[0-9a-f]{40}$"
+FORMATS = ("date", "date-time", "email", "uri", "uuid", "ipv4", "time")
+NOUNS = (
+    "order", "invoice", "ticket", "user", "flight", "hotel", "meeting", "product", "payment",
+    "shipment", "song", "recipe", "repository", "issue", "calendar_event", "document",
+    "customer", "account", "reservation", "device", "alert", "report", "task", "contact",
+)  # fmt: skip
+VERBS = ("get", "create", "update", "search", "cancel", "list", "book", "send", "delete", "find")
+TEXT_FIELDS = (
+    "query", "title", "description", "city", "name", "note", "reason", "subject", "location",
+    "comment", "summary", "keyword", "message", "country", "language", "category",
+)  # fmt: skip
+UNITS = ("celsius", "fahrenheit", "kelvin")
+
+
+def _text(rng: random.Random) -> Schema:
+    """A string as public schemas write one: often unbounded, sometimes a length, a format or
+    a pattern, with a description."""
+    roll = rng.random()
+    if roll < 0.4:
+        out: Schema = dict(STR)
+    elif roll < 0.65:
+        out = s(maxLength=rng.choice((16, 32, 64, 100, 140)))
+    elif roll < 0.85:
+        out = s(format=rng.choice(FORMATS))
+    else:
+        out = s(pattern=rng.choice(("^[A-Z]{2}$", "^[0-9]{3,6}$", "^[a-z_]{1,20}$", SEMVER)))
+    if rng.random() < 0.5:
+        out["description"] = rng.choice(("Free text.", "As the user wrote it.", "ISO value."))
+    return out
+
+
+def _leaf(rng: random.Random, name: str) -> Schema:
+    roll = rng.random()
+    if roll < 0.45:
+        return _text(rng)
+    if roll < 0.6:
+        low = rng.choice((0, 1))
+        return i(minimum=low, maximum=rng.choice((10, 100, 1000))) if rng.random() < 0.7 else INT
+    if roll < 0.7:
+        return n(minimum=0) if rng.random() < 0.5 else NUM
+    if roll < 0.8:
+        return BOOL
+    if roll < 0.9:
+        values = rng.sample(("low", "medium", "high", "urgent", "none", "auto", "manual"), 3)
+        return {"type": "string", "enum": values}
+    nullable = rng.choice(({"type": ["string", "null"]}, {"anyOf": [s(maxLength=40), NULL]}))
+    return {**nullable, "description": f"The {name}, or null when unknown."}
+
+
+NULL: Schema = {"type": "null"}
+
+
+def _fields(rng: random.Random, count: int) -> dict[str, Schema]:
+    names = rng.sample(TEXT_FIELDS, count)
+    return {name: _leaf(rng, name) for name in names}
+
+
+def _tool(rng: random.Random, k: int) -> dict[str, Any]:
+    """An OpenAI/Anthropic function's `parameters`: flat, nested filters, or a list of items."""
+    verb, noun = rng.choice(VERBS), rng.choice(NOUNS)
+    props = _fields(rng, rng.randint(2, 5))
+    shape = k % 4
+    if shape == 1:
+        props["filters"] = obj(
+            {
+                "status": {"enum": ["open", "closed", "pending"]},
+                "from": s(format="date"),
+                "to": s(format="date"),
+                "limit": i(minimum=1, maximum=50),
+            }
+        )
+    elif shape == 2:
+        props["items"] = arr(
+            obj({"sku": s(pattern="^[A-Z0-9-]{4,12}$"), "quantity": i(minimum=1)}, ["sku"]),
+            minItems=1,
+            maxItems=rng.choice((3, 5, 10)),
+        )
+    elif shape == 3:
+        props["unit"] = {"type": "string", "enum": list(UNITS)}
+    required = sorted(rng.sample(sorted(props), rng.randint(1, len(props))))
+    schema = obj(props, required, additionalProperties=False)
+    if k % 5 == 0:
+        schema = {"$schema": "http://json-schema.org/draft-07/schema#", **schema}
+    return entry(f"tool_{verb}_{noun}_{k}", schema)
+
+
+def _k8s(rng: random.Random, k: int) -> dict[str, Any]:
+    """Fragments of Kubernetes objects as their OpenAPI schemas write them."""
+    name = s(pattern=DNS_LABEL, maxLength=63)
+    int_or_string = {"anyOf": [INT, STR], "x-kubernetes-int-or-string": True}
+    port = obj(
+        {
+            "name": name,
+            "containerPort": i(minimum=1, maximum=65535),
+            "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]},
+        },
+        ["containerPort"],
+    )
+    env = obj({"name": s(maxLength=40), "value": STR}, ["name"])
+    resources = obj(
+        {
+            "limits": obj({"cpu": s(pattern=QUANTITY), "memory": s(pattern=QUANTITY)}),
+            "requests": obj({"cpu": s(pattern=QUANTITY), "memory": s(pattern=QUANTITY)}),
+        }
+    )
+    probe = obj(
+        {
+            "httpGet": obj({"path": s(maxLength=64), "port": int_or_string}, ["port"]),
+            "initialDelaySeconds": i(minimum=0),
+            "periodSeconds": i(minimum=1),
+            "failureThreshold": i(minimum=1),
+        }
+    )
+    labels = {"type": "object", "additionalProperties": s(maxLength=63)}
+    shape = k % 6
+    if shape == 0:
+        props: dict[str, Any] = {"name": name, "image": STR, "ports": arr(port, maxItems=3)}
+        if rng.random() < 0.6:
+            props["env"] = arr(env, maxItems=rng.choice((2, 4)))
+        if rng.random() < 0.5:
+            props["resources"] = resources
+        return entry(f"k8s_container_{k}", obj(props, ["name", "image"]))
+    if shape == 1:
+        service_port = obj(
+            {
+                "port": i(minimum=1, maximum=65535),
+                "targetPort": int_or_string,
+                "protocol": {"enum": ["TCP", "UDP"]},
+            },
+            ["port"],
+        )
+        spec = obj(
+            {
+                "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                "ports": arr(service_port, minItems=1, maxItems=rng.choice((2, 4))),
+                "selector": labels,
+            },
+            ["ports"],
+        )
+        return entry(f"k8s_service_spec_{k}", spec)
+    if shape == 2:
+        return entry(f"k8s_probe_{k}", probe)
+    if shape == 3:
+        meta = obj(
+            {"name": name, "namespace": name, "labels": labels, "annotations": labels}, ["name"]
+        )
+        return entry(
+            f"k8s_configmap_{k}",
+            obj(
+                {
+                    "apiVersion": {"const": "v1"},
+                    "kind": {"const": "ConfigMap"},
+                    "metadata": meta,
+                    "data": {"type": "object", "additionalProperties": STR},
+                },
+                ["apiVersion", "kind", "metadata"],
+            ),
+        )
+    if shape == 4:
+        return entry(
+            f"k8s_deployment_strategy_{k}",
+            obj(
+                {
+                    "replicas": i(minimum=0, maximum=rng.choice((10, 100))),
+                    "strategy": obj(
+                        {
+                            "type": {"enum": ["RollingUpdate", "Recreate"]},
+                            "rollingUpdate": obj(
+                                {"maxSurge": int_or_string, "maxUnavailable": int_or_string}
+                            ),
+                        }
+                    ),
+                    "revisionHistoryLimit": i(minimum=0),
+                },
+                ["replicas"],
+            ),
+        )
+    return entry(f"k8s_resources_{k}", resources)
+
+
+def _schemastore(rng: random.Random, k: int) -> dict[str, Any]:
+    """SchemaStore-like config fragments (draft-07 `definitions` with `$ref`)."""
+    shape = k % 5
+    if shape == 0:
+        deps = {"type": "object", "additionalProperties": s(maxLength=20)}
+        return entry(
+            f"package_json_{k}",
+            obj(
+                {
+                    "name": s(pattern="^(@[a-z0-9-]+/)?[a-z0-9-._]+$", maxLength=214),
+                    "version": s(pattern=SEMVER),
+                    "private": BOOL,
+                    "license": {"enum": ["MIT", "Apache-2.0", "ISC", "BSD-3-Clause"]},
+                    "scripts": {"type": "object", "additionalProperties": STR},
+                    "dependencies": deps,
+                    "engines": obj({"node": s(maxLength=20)}),
+                },
+                ["name", "version"],
+            ),
+        )
+    if shape == 1:
+        options = {
+            "target": {"enum": ["es5", "es2015", "es2020", "esnext"]},
+            "module": {"enum": ["commonjs", "esnext", "node16", "nodenext"]},
+            "strict": BOOL,
+            "outDir": s(maxLength=40),
+            "paths": {"type": "object", "additionalProperties": arr(STR, maxItems=2)},
+            "lib": arr({"enum": ["dom", "es2020", "esnext"]}, uniqueItems=True, maxItems=3),
+        }
+        picked = dict(rng.sample(sorted(options.items()), rng.randint(3, len(options))))
+        return entry(f"tsconfig_{k}", obj({"compilerOptions": obj(picked)}))
+    if shape == 2:
+        rule = {
+            "oneOf": [
+                {"enum": ["off", "warn", "error"]},
+                i(minimum=0, maximum=2),
+                arr({}, maxItems=2),
+            ]
+        }
+        return entry(
+            f"eslintrc_{k}",
+            {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "definitions": {"rule": rule},
+                **obj(
+                    {
+                        "root": BOOL,
+                        "extends": {"anyOf": [STR, arr(STR, maxItems=3)]},
+                        "rules": obj(
+                            {
+                                name: {"$ref": "#/definitions/rule"}
+                                for name in rng.sample(
+                                    ["no-unused-vars", "eqeqeq", "semi", "quotes", "curly"], 3
+                                )
+                            }
+                        ),
+                    }
+                ),
+            },
+        )
+    if shape == 3:
+        step = {
+            "anyOf": [
+                obj({"uses": s(maxLength=60), "with": {"type": "object"}}, ["uses"]),
+                obj({"run": s(maxLength=120), "name": s(maxLength=40)}, ["run"]),
+            ]
+        }
+        return entry(
+            f"github_workflow_job_{k}",
+            {
+                "definitions": {"step": step},
+                **obj(
+                    {
+                        "runs-on": {"anyOf": [STR, arr(STR, maxItems=2)]},
+                        "timeout-minutes": i(minimum=1, maximum=360),
+                        "steps": arr({"$ref": "#/definitions/step"}, minItems=1, maxItems=3),
+                    },
+                    ["runs-on", "steps"],
+                ),
+            },
+        )
+    return entry(
+        f"compose_service_{k}",
+        obj(
+            {
+                "image": s(maxLength=80),
+                "restart": {"enum": ["no", "always", "on-failure", "unless-stopped"]},
+                "ports": arr(s(pattern="^[0-9]{1,5}(:[0-9]{1,5})?$"), maxItems=3),
+                "environment": {
+                    "oneOf": [
+                        {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                        arr(STR, maxItems=3),
+                    ]
+                },
+                "depends_on": arr(s(pattern=DNS_LABEL), maxItems=rng.choice((2, 3))),
+            },
+            ["image"],
+        ),
+    )
+
+
+def _github(rng: random.Random, k: int) -> dict[str, Any]:
+    """GitHub REST payloads: `$defs` shared by `$ref`, nullable fields, date-times."""
+    defs = {
+        "user": obj(
+            {"login": s(maxLength=39), "id": i(minimum=1), "type": {"enum": ["User", "Bot"]}},
+            ["login", "id"],
+        ),
+        "label": obj(
+            {"name": s(maxLength=50), "color": s(pattern=HEX_COLOR), "default": BOOL},
+            ["name", "color"],
+        ),
+    }
+    nullable_user = {"anyOf": [{"$ref": "#/$defs/user"}, NULL]}
+    shape = k % 4
+    if shape == 0:
+        props: dict[str, Any] = {
+            "number": i(minimum=1),
+            "title": s(maxLength=rng.choice((80, 120, 256))),
+            "state": {"enum": ["open", "closed"]},
+            "user": {"$ref": "#/$defs/user"},
+            "labels": arr({"$ref": "#/$defs/label"}, maxItems=rng.choice((2, 3))),
+            "assignee": nullable_user,
+            "created_at": s(format="date-time"),
+            "body": {"type": ["string", "null"], "maxLength": 200},
+        }
+        return entry(f"github_issue_{k}", {"$defs": defs, **obj(props, ["number", "title"])})
+    if shape == 1:
+        commit = obj(
+            {
+                "sha": s(pattern=SHA),
+                "message": s(maxLength=rng.choice((72, 200))),
+                "author": obj({"name": s(maxLength=40), "email": s(format="email")}),
+                "parents": arr(obj({"sha": s(pattern=SHA)}, ["sha"]), maxItems=2),
+            },
+            ["sha", "message"],
+        )
+        return entry(f"github_commit_{k}", commit)
+    if shape == 2:
+        event = {
+            "oneOf": [
+                obj(
+                    {"action": {"const": action}, "sender": {"$ref": "#/$defs/user"}},
+                    ["action", "sender"],
+                )
+                for action in rng.sample(["opened", "closed", "reopened", "edited", "labeled"], 3)
+            ]
+        }
+        return entry(f"github_webhook_{k}", {"$defs": defs, **event})
+    release = obj(
+        {
+            "tag_name": s(pattern="^v" + SEMVER[1:]),
+            "name": {"type": ["string", "null"], "maxLength": 60},
+            "draft": BOOL,
+            "prerelease": BOOL,
+            "published_at": {"anyOf": [s(format="date-time"), NULL]},
+            "assets": arr(
+                obj(
+                    {
+                        "name": s(maxLength=60),
+                        "size": i(minimum=0),
+                        "content_type": s(maxLength=40),
+                    },
+                    ["name", "size"],
+                ),
+                maxItems=rng.choice((2, 3)),
+            ),
+        },
+        ["tag_name", "draft"],
+    )
+    return entry(f"github_release_{k}", release)
+
+
+def _extraction(rng: random.Random, k: int) -> dict[str, Any]:
+    """LLM extraction and classification outputs: unions, enums, lists of records."""
+    shape = k % 4
+    if shape == 0:
+        labels = rng.sample(
+            ["billing", "bug", "feature", "question", "account", "spam", "praise", "refund"],
+            rng.randint(3, 6),
+        )
+        return entry(
+            f"classify_{k}",
+            obj(
+                {
+                    "label": {"enum": labels},
+                    "confidence": n(minimum=0, maximum=1),
+                    "rationale": s(maxLength=rng.choice((60, 120))),
+                },
+                ["label"],
+                additionalProperties=False,
+            ),
+        )
+    if shape == 1:
+        email = obj({"kind": {"const": "email"}, "address": s(format="email")}, ["kind", "address"])
+        phone = obj(
+            {"kind": {"const": "phone"}, "number": s(pattern="^\\+?[0-9]{7,15}$")},
+            ["kind", "number"],
+        )
+        union = "oneOf" if rng.random() < 0.5 else "anyOf"
+        return entry(
+            f"extract_contacts_{k}",
+            obj({"contacts": arr({union: [email, phone]}, maxItems=rng.choice((2, 4)))}),
+        )
+    if shape == 2:
+        return entry(
+            f"extract_events_{k}",
+            obj(
+                {
+                    "events": arr(
+                        obj(
+                            {
+                                "what": s(maxLength=60),
+                                "when": s(format=rng.choice(("date", "date-time"))),
+                                "where": {"type": ["string", "null"]},
+                                "attendees": arr(s(maxLength=30), maxItems=3),
+                            },
+                            ["what", "when"],
+                        ),
+                        maxItems=rng.choice((2, 3)),
+                    )
+                },
+                ["events"],
+            ),
+        )
+    return entry(
+        f"extract_table_{k}",
+        obj(
+            {
+                "columns": arr(s(maxLength=20), minItems=1, maxItems=4),
+                "rows": arr(arr({"type": ["string", "number", "null"]}, maxItems=4), maxItems=3),
+            },
+            ["columns", "rows"],
+        ),
+    )
+
+
+def _beyond_bounding(k: int) -> dict[str, Any]:
+    """Shapes public collections hold that outlines' bounding cannot express: served (if at
+    all) by the fallback grammar engine, so `any`."""
+    shapes: list[Schema] = [
+        {"enum": [{"op": "add"}, {"op": "remove"}, {"op": "replace"}]},
+        {
+            "allOf": [
+                {"oneOf": [obj({"a": STR}, ["a"]), obj({"b": STR}, ["b"])]},
+                {"oneOf": [obj({"c": INT}, ["c"]), obj({"d": INT}, ["d"])]},
+            ]
+        },
+        {"const": {"version": 1, "kind": "config"}},
+        obj({"default": {"enum": [[1, 2], [3, 4]]}}),
+    ]
+    return entry(f"beyond_bounding_{k}", shapes[k % len(shapes)], "any")
+
+
+def _hostile_realworld(k: int) -> dict[str, Any]:
+    """What public schemas hold that the server must refuse: remote `$ref`s (SchemaStore's
+    cross-file links), lookaround and backreferences (password rules), invalid schemas."""
+    shapes = [
+        obj({"extends": {"$ref": "https://json.schemastore.org/tsconfig.json"}}),
+        obj({"password": s(pattern="^(?=.*[A-Z])(?=.*[0-9]).{8,64}$")}, ["password"]),
+        obj({"tag": s(pattern="^<([a-z]+)>.*</\\1>$")}, ["tag"]),
+        obj({"spec": {"$ref": "#/definitions/missing"}}),
+        {"type": "object", "properties": {"n": {"type": "integer", "minimum": "zero"}}},
+        obj({"word": s(pattern="\\bword\\b")}),
+    ]
+    return entry(f"hostile_realworld_{k}", shapes[k % len(shapes)], "refuse")
+
+
+REALWORLD_SHAPES = (
+    (_tool, 90),
+    (_k8s, 60),
+    (_schemastore, 60),
+    (_github, 60),
+    (_extraction, 40),
+)
+
+
+def realworld() -> list[dict[str, Any]]:
+    rng = random.Random(REALWORLD_SEED)
+    out = [build(rng, k) for build, count in REALWORLD_SHAPES for k in range(count)]
+    out += [_beyond_bounding(k) for k in range(4)]
+    out += [_hostile_realworld(k) for k in range(6)]
+    return out
 
 
 FAMILIES = {
@@ -1108,13 +1600,16 @@ FAMILIES = {
     "strings": strings,
     "drafts": drafts,
     "hostile": hostile,
+    "realworld": realworld,
 }
 
 
-def main() -> None:
+def main(families: list[str]) -> None:
     CORPUS.mkdir(exist_ok=True)
     total = 0
     for family, build in FAMILIES.items():
+        if families and family not in families:
+            continue
         entries = build()
         names = [e["name"] for e in entries]
         assert len(names) == len(set(names)), f"duplicate names in {family}"
@@ -1128,4 +1623,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
