@@ -394,14 +394,23 @@ class GenerationService:
         results = _fresh(prepared)
         await _drain(self._attempt(prepared, request_id, results))
         failing = await self._failing(prepared, results, retrying=retries > 0)
+        # A document cut by max_tokens (a grammar that cannot close it early) would be cut
+        # again: it is not retried.
+        cut = {i: o for i, o in failing.items() if results[i].finish_reason == "length"}
         for attempt in range(1, retries + 1):
-            for index in list(failing):
+            for index in [i for i in failing if i not in cut]:
                 rerun = [GenerationResult(model=prepared.model, index=index)]
                 run_id = f"{request_id}-{index}-retry{attempt}"
                 await _drain(self._attempt(_retry(prepared, index, attempt), run_id, rerun))
                 results[index] = rerun[0]
             failing = await self._failing(
-                prepared, [results[i] for i in failing], retrying=attempt < retries
+                prepared, [results[i] for i in failing if i not in cut], retrying=attempt < retries
+            )
+            cut |= {i: o for i, o in failing.items() if results[i].finish_reason == "length"}
+        if cut:
+            assert prepared.schema is not None
+            raise self._schemas.violation(
+                prepared.schema, next(iter(cut.values())), cut_at=prepared.sampling.max_tokens
             )
         if failing:
             assert prepared.schema is not None

@@ -298,9 +298,20 @@ class SchemaPolicy:
 
     @staticmethod
     def violation(
-        admitted: AdmittedSchema, outcome: ValidationOutcome, attempts: int
+        admitted: AdmittedSchema,
+        outcome: ValidationOutcome,
+        attempts: int = 1,
+        cut_at: int | None = None,
     ) -> SchemaViolation:
-        """The error answered when the last attempt still fails the schema."""
+        """The error answered when the last attempt still fails the schema, or when the
+        document was cut at `cut_at` tokens (a grammar that cannot close it early: not
+        retried)."""
+        if cut_at is not None:
+            return SchemaViolation(
+                f"The document did not fit in max_tokens={cut_at} ({admitted.grammar_engine} "
+                "decodes this schema and cannot close a document early): raise max_tokens or "
+                f"tighten the schema (maxLength, maxItems). {'; '.join(outcome.errors)}"
+            )
         names = admitted.prepared.unenforced_names
         if admitted.fallback is not None:
             enforced = f"{admitted.fallback} decodes it and may not enforce every keyword"

@@ -267,3 +267,14 @@ async def test_a_fallback_engine_runs_with_the_tokens_there_are() -> None:
     assert prepared.sampling.max_tokens == 20 and not prepared.sampling.budget_aware
     prepared = await gen.prepare(request(SCORE, prompt="x" * 70))
     assert prepared.sampling.max_tokens == 30 and not prepared.sampling.budget_aware
+
+
+async def test_a_document_cut_by_max_tokens_is_not_retried_and_says_so() -> None:
+    """A fallback engine cannot close a document early: a document cut at max_tokens would be
+    cut again, so it is refused after one attempt, naming the limit."""
+    guard = FakeGuard(budget=40, refuse=RefusalReason.TIMEOUT)
+    gen, engine = service(reply='{"score":12345678901234}', guard=guard, fallback="guidance")
+    prepared = await gen.prepare(request(SCORE, max_tokens=10))
+    with pytest.raises(SchemaViolation, match=r"did not fit in max_tokens=10 \(guidance"):
+        await gen.complete(prepared, "cut")
+    assert len(engine.seen) == 1

@@ -27,7 +27,7 @@ from server.tool_calls.prompt import (
 )
 from server.tool_calls.runner import ToolCallsAnswer, ToolChat
 from server.tool_calls.spec import MAX_PARALLEL_TOOL_CALLS, MAX_TOOLS, ToolPlan, parse_calls
-from tests.support.fakes import FakeEngine, service
+from tests.support.fakes import FakeEngine, FakeGuard, service
 
 WEATHER = {
     "type": "object",
@@ -290,7 +290,7 @@ def test_auto_markers() -> None:
 
 
 def _service(replies: Sequence[str]) -> tuple[ToolChat, FakeEngine]:
-    gen, _ = service(max_model_len=4000)
+    gen, _ = service(max_model_len=4000, guard=FakeGuard(budget=200))  # calls fit in 200
     engine = RenderingEngine(replies)
     gen._engine = engine  # type: ignore[assignment]
     return ToolChat(gen), engine

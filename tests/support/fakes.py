@@ -17,8 +17,9 @@ from server.structured import CompileVerdict, DocumentBudget, RefusalReason
 
 
 class FakeEngine:
-    """One token per character; replies with a fixed text in two chunks. Given several
-    replies, each request gets the next one (the last one repeats)."""
+    """One token per character; replies with a fixed text in two chunks, cut at `max_tokens`
+    (`finish_reason` `length`). Given several replies, each request gets the next one (the
+    last one repeats)."""
 
     def __init__(self, reply: str | Sequence[str]) -> None:
         self.replies = [reply] if isinstance(reply, str) else list(reply)
@@ -37,11 +38,12 @@ class FakeEngine:
     async def generate(
         self, ids: list[int], sampling: Sampling, request_id: str, lora: LoraTarget | None = None
     ) -> AsyncIterator[Chunk]:
-        reply = self.reply
+        reply = self.reply[: sampling.max_tokens]
+        finish = "length" if len(self.reply) > sampling.max_tokens else "stop"
         self.seen.append((ids, sampling, lora))
         half = len(reply) // 2
         yield Chunk(reply[:half], len(ids), half, None)
-        yield Chunk(reply[half:], len(ids), len(reply), "stop")
+        yield Chunk(reply[half:], len(ids), len(reply), finish)
 
 
 class FakeGuard:
