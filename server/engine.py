@@ -287,7 +287,7 @@ class Engine:
             text = self._tokenizer.apply_chat_template(
                 list(messages), add_generation_prompt=True, tokenize=False, **extra
             )
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, RecursionError) as exc:  # also tool arguments nested deep
             logger.info("The chat template refused a request's messages: %s", exc)
             raise InvalidRequest(
                 "The messages cannot be rendered by the model's chat template; check their "

@@ -350,3 +350,22 @@ async def test_the_tools_count_against_the_prompt_character_cap() -> None:
     with pytest.raises(PromptTooLong, match="`messages` with `tools`"):
         await ToolChat(gen).prepare(_request(), long)
     assert not engine.seen
+
+
+def test_history_arguments_nested_too_deeply_are_kept_as_text() -> None:
+    """A client's arguments string is parsed to frame the history; one nested past the parser's
+    limit is passed on as text, never a 500."""
+    deep = "[" * 100_000 + "]" * 100_000
+    history = [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}
+            ],
+        },
+    ]
+    for native in (False, True):
+        framed = frame_chat(history, None, native=native)
+        assert deep in json.dumps(framed.messages)

@@ -122,10 +122,11 @@ def fallback_system_text(plan: ToolPlan) -> str:
 
 
 def _arguments(text: object) -> Any:
-    """A history call's arguments as JSON when they parse, else as sent."""
+    """A history call's arguments as JSON when they parse, else as sent (also when nested
+    too deeply to parse: a client's text, never a 500)."""
     try:
         return json.loads(str(text))
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
@@ -158,12 +159,15 @@ def _fallback_message(message: Mapping[str, object]) -> dict[str, Any]:
             "role": "user",
             "content": f"Tool result (id {message.get('tool_call_id')}): {content}",
         }
-    calls = "".join(
-        CALL_OPEN
-        + json.dumps(
-            {"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])}
-        )
-        + CALL_CLOSE
-        for c in _calls(message)
-    )
+    calls = "".join(CALL_OPEN + _call_text(c) + CALL_CLOSE for c in _calls(message))
     return {"role": role, "content": content + calls}
+
+
+def _call_text(call: Mapping[str, Any]) -> str:
+    """A history call as the fallback writes it; its arguments as sent when they do not
+    round-trip as JSON (nested too deeply, say)."""
+    name, arguments = call["function"]["name"], call["function"]["arguments"]
+    try:
+        return json.dumps({"name": name, "arguments": _arguments(arguments)})
+    except RecursionError:
+        return json.dumps({"name": name, "arguments": str(arguments)})
