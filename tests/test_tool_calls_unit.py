@@ -356,7 +356,7 @@ def test_history_arguments_nested_too_deeply_are_kept_as_text() -> None:
     """A client's arguments string is parsed to frame the history; one nested past the parser's
     limit is passed on as text, never a 500."""
     deep = "[" * 100_000 + "]" * 100_000
-    history = [
+    history: list[dict[str, object]] = [
         {"role": "user", "content": "hi"},
         {
             "role": "assistant",
