@@ -26,7 +26,13 @@ from server.tool_calls.prompt import (
     render_chat,
 )
 from server.tool_calls.runner import ToolCallsAnswer, ToolChat
-from server.tool_calls.spec import MAX_PARALLEL_TOOL_CALLS, MAX_TOOLS, ToolPlan, parse_calls
+from server.tool_calls.spec import (
+    MAX_PARALLEL_TOOL_CALLS,
+    MAX_TOOLS,
+    ToolDefinition,
+    ToolPlan,
+    parse_calls,
+)
 from tests.support.fakes import FakeEngine, FakeGuard, service
 
 WEATHER = {
@@ -369,3 +375,15 @@ def test_history_arguments_nested_too_deeply_are_kept_as_text() -> None:
     for native in (False, True):
         framed = frame_chat(history, None, native=native)
         assert deep in json.dumps(framed.messages)
+
+
+def test_parameters_nested_past_the_json_limit_are_refused_by_name() -> None:
+    deep: dict[str, Any] = {"type": "object"}
+    node = deep
+    for _ in range(3000):
+        node["properties"] = {"a": {"type": "object"}}
+        node = node["properties"]["a"]
+    with pytest.raises(ValidationError, match="`parameters` nests deeper than the limit"):
+        ToolDefinition.model_validate(
+            {"type": "function", "function": {"name": "f", "parameters": deep}}
+        )

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from adapters.json_input import json_problem
 
 MAX_TOOLS = 128  # as OpenAI
 MAX_DESCRIPTION_CHARS = 1024
@@ -33,6 +35,16 @@ class FunctionDefinition(BaseModel):
     strict: bool | None = Field(
         default=None, description="Accepted either way: arguments are always validated."
     )
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Nesting bounded before anything walks it (the schema admission has its own
+        limits, but the call schema is built first)."""
+        problem = None if value is None else json_problem(value)
+        if problem is not None:
+            raise ValueError(f"`parameters` {problem}")
+        return value
 
     def parameters_schema(self) -> dict[str, Any]:
         return self.parameters if self.parameters is not None else EMPTY_PARAMETERS
