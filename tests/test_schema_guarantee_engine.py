@@ -140,12 +140,16 @@ def test_a_schema_outlines_cannot_compile_is_served_by_the_fallback_engine(
     like any answer; the response names the engine, and the server keeps serving."""
     schema = {"type": "object", "properties": {"note": BY_NAME[HOSTILE_COMPILE]["schema"]}}
     schema["required"] = ["note"]
-    response = _generate(server, schema, max_tokens=64)
+    response = _generate(server, schema, max_tokens=64, input="Write a note that says hello.")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["grammar_engine"] == "guidance", body
     assert response.headers["x-hotswap-grammar-engine"] == "guidance"
     assert body["valid"] is True and validate_document(schema, body["text"]).valid, body
+    # llguidance cannot close a document early: one cut by max_tokens is a 422 at once
+    cut = _generate(server, schema, max_tokens=64)  # the model rambles on in the note
+    assert cut.status_code == 422, cut.text
+    assert "did not fit in max_tokens=64 (guidance" in cut.json()["error"]["message"]
     outlines = _generate(server, BY_NAME["yes_no"]["schema"])
     assert outlines.status_code == 200 and outlines.json()["valid"] is True, outlines.text
     assert outlines.json()["grammar_engine"] == "outlines"
