@@ -176,14 +176,21 @@ async def _chat_chunks(
             )
             yield chunk(step.index, ChoiceDelta(content=step.text), finish, logprobs)
     if include_usage:
-        yield ChatCompletionChunk(
-            id=request_id,
-            object="chat.completion.chunk",
-            created=created,
-            model=prepared.model.name,
-            choices=[],
-            usage=_total_usage([results]),
-        )
+        yield _usage_chunk(request_id, created, prepared.model.name, _total_usage([results]))
+
+
+def _usage_chunk(
+    request_id: str, created: int, model: str, usage: CompletionUsage
+) -> ChatCompletionChunk:
+    """The last chunk of a stream that asked for `include_usage`: no choices, the usage."""
+    return ChatCompletionChunk(
+        id=request_id,
+        object="chat.completion.chunk",
+        created=created,
+        model=model,
+        choices=[],
+        usage=usage,
+    )
 
 
 def _moved(step: Chunk) -> bool:
@@ -277,14 +284,7 @@ async def _tool_chat_chunks(
             finish = _finish_reason(step.finish_reason) if step.finish_reason else None
             yield chunk(ChoiceDelta(content=step.text), finish)
     if include_usage:
-        yield ChatCompletionChunk(
-            id=request_id,
-            object="chat.completion.chunk",
-            created=created,
-            model=prepared.model.name,
-            choices=[],
-            usage=usage,
-        )
+        yield _usage_chunk(request_id, created, prepared.model.name, usage)
 
 
 @router.post("/completions", response_model=None)
