@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 
 from server.base_model import prepare_default_base_model
 from tests.support.adapters import make_random_lora
@@ -78,3 +79,9 @@ def server(
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: RunningServer) -> OpenAI:
+    """The official OpenAI SDK on the session server (no retries: a failure shows at once)."""
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600)

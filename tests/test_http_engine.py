@@ -20,13 +20,8 @@ QUESTION: list[ChatCompletionMessageParam] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused")
-
-
-def _chat(client: OpenAI, model: str, content: str, max_tokens: int = 24) -> str:
-    response = client.chat.completions.create(
+def _chat(openai_client: OpenAI, model: str, content: str, max_tokens: int = 24) -> str:
+    response = openai_client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": content}],
         max_tokens=max_tokens,
@@ -35,8 +30,8 @@ def _chat(client: OpenAI, model: str, content: str, max_tokens: int = 24) -> str
     return response.choices[0].message.content or ""
 
 
-def test_openai_sdk_chat_answers_from_the_base_model(client: OpenAI) -> None:
-    response = client.chat.completions.create(
+def test_openai_sdk_chat_answers_from_the_base_model(openai_client: OpenAI) -> None:
+    response = openai_client.chat.completions.create(
         model=BASE, messages=QUESTION, max_tokens=24, temperature=0
     )
     answer = response.choices[0].message.content or ""
@@ -46,7 +41,7 @@ def test_openai_sdk_chat_answers_from_the_base_model(client: OpenAI) -> None:
     assert response.choices[0].finish_reason in {"stop", "length"}
 
 
-def test_openai_sdk_fields_not_honoured_are_refused_by_name(client: OpenAI) -> None:
+def test_openai_sdk_fields_not_honoured_are_refused_by_name(openai_client: OpenAI) -> None:
     """Fields hotswap does not honour (the deprecated `functions`, `echo` with logprobs...)
     asked of the SDK get a 422 naming them; their no-op values and the harmless fields
     (`user`) are accepted."""
@@ -55,18 +50,18 @@ def test_openai_sdk_fields_not_honoured_are_refused_by_name(client: OpenAI) -> N
         ({"function_call": "auto"}, "`function_call`"),
     ):
         with pytest.raises(UnprocessableEntityError, match=named):
-            client.chat.completions.create(
+            openai_client.chat.completions.create(
                 model=BASE, messages=QUESTION, max_tokens=4, extra_body=fields
             )
-    reply = client.chat.completions.create(
+    reply = openai_client.chat.completions.create(
         model=BASE, messages=QUESTION, max_tokens=4, functions=[], user="app-user-1"
     )
     assert reply.choices[0].message.content
 
 
-def test_streaming_chat_yields_the_same_text_as_non_streaming(client: OpenAI) -> None:
-    whole = _chat(client, BASE, "Name three colours.", max_tokens=32)
-    stream = client.chat.completions.create(
+def test_streaming_chat_yields_the_same_text_as_non_streaming(openai_client: OpenAI) -> None:
+    whole = _chat(openai_client, BASE, "Name three colours.", max_tokens=32)
+    stream = openai_client.chat.completions.create(
         model=BASE,
         messages=[{"role": "user", "content": "Name three colours."}],
         max_tokens=32,
@@ -86,12 +81,14 @@ def test_streaming_chat_yields_the_same_text_as_non_streaming(client: OpenAI) ->
     assert usage is not None and usage.completion_tokens > 0
 
 
-def test_streaming_completion_yields_the_same_text_as_non_streaming(client: OpenAI) -> None:
+def test_streaming_completion_yields_the_same_text_as_non_streaming(openai_client: OpenAI) -> None:
     prompt = "The three primary colours are"
-    whole = client.completions.create(model=BASE, prompt=prompt, max_tokens=20, temperature=0)
+    whole = openai_client.completions.create(
+        model=BASE, prompt=prompt, max_tokens=20, temperature=0
+    )
     streamed = "".join(
         chunk.choices[0].text
-        for chunk in client.completions.create(
+        for chunk in openai_client.completions.create(
             model=BASE, prompt=prompt, max_tokens=20, temperature=0, stream=True
         )
         if chunk.choices
@@ -100,14 +97,14 @@ def test_streaming_completion_yields_the_same_text_as_non_streaming(client: Open
     assert whole.choices[0].text.strip()
 
 
-def test_models_lists_the_base_and_every_adapter(client: OpenAI) -> None:
-    models = [m.id for m in client.models.list()]
+def test_models_lists_the_base_and_every_adapter(openai_client: OpenAI) -> None:
+    models = [m.id for m in openai_client.models.list()]
     assert models[0] == BASE and {"alpha", "beta"} <= set(models)
 
 
-def test_adapters_change_the_output(client: OpenAI) -> None:
+def test_adapters_change_the_output(openai_client: OpenAI) -> None:
     prompt = "Write one sentence about the sea."
-    outputs = {model: _chat(client, model, prompt) for model in (BASE, "alpha", "beta")}
+    outputs = {model: _chat(openai_client, model, prompt) for model in (BASE, "alpha", "beta")}
     assert len(set(outputs.values())) == 3, outputs
 
 

@@ -27,17 +27,12 @@ QUESTION: list[ChatCompletionMessageParam] = [
 
 
 @pytest.fixture(scope="module")
-def client(server: RunningServer) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
 def tokenizer(base_model_path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(base_model_path))
 
 
-def test_n_gives_n_choices_with_summed_usage(client: OpenAI) -> None:
-    response = client.chat.completions.create(
+def test_n_gives_n_choices_with_summed_usage(openai_client: OpenAI) -> None:
+    response = openai_client.chat.completions.create(
         model=BASE, messages=QUESTION, max_tokens=8, n=2, seed=3, logprobs=True
     )
     assert [c.index for c in response.choices] == [0, 1]
@@ -48,8 +43,8 @@ def test_n_gives_n_choices_with_summed_usage(client: OpenAI) -> None:
     assert response.usage is not None and response.usage.completion_tokens == sum(tokens)
 
 
-def test_chat_logprobs_have_openai_shape(client: OpenAI) -> None:
-    response = client.chat.completions.create(
+def test_chat_logprobs_have_openai_shape(openai_client: OpenAI) -> None:
+    response = openai_client.chat.completions.create(
         model=BASE, messages=QUESTION, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
     )
     choice = response.choices[0]
@@ -68,8 +63,8 @@ def test_chat_logprobs_have_openai_shape(client: OpenAI) -> None:
         )
 
 
-def test_chat_logprobs_stream_per_choice(client: OpenAI) -> None:
-    stream = client.chat.completions.create(
+def test_chat_logprobs_stream_per_choice(openai_client: OpenAI) -> None:
+    stream = openai_client.chat.completions.create(
         model=BASE,
         messages=QUESTION,
         max_tokens=5,
@@ -96,8 +91,8 @@ def test_chat_logprobs_stream_per_choice(client: OpenAI) -> None:
     assert usage is not None and usage.completion_tokens == tokens[0] + tokens[1]
 
 
-def test_completion_logprobs_have_openai_shape(client: OpenAI) -> None:
-    response = client.completions.create(
+def test_completion_logprobs_have_openai_shape(openai_client: OpenAI) -> None:
+    response = openai_client.completions.create(
         model=BASE, prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=2
     )
     logprobs = response.choices[0].logprobs
@@ -109,9 +104,9 @@ def test_completion_logprobs_have_openai_shape(client: OpenAI) -> None:
     assert "".join(logprobs.tokens).startswith(response.choices[0].text)
 
 
-def test_logit_bias_bans_and_forces_tokens(client: OpenAI, tokenizer: Any) -> None:
+def test_logit_bias_bans_and_forces_tokens(openai_client: OpenAI, tokenizer: Any) -> None:
     def first_token(**fields: Any) -> str:
-        response = client.chat.completions.create(
+        response = openai_client.chat.completions.create(
             model=BASE, messages=QUESTION, max_tokens=1, temperature=0, logprobs=True, **fields
         )
         assert response.choices[0].logprobs and response.choices[0].logprobs.content
@@ -124,11 +119,11 @@ def test_logit_bias_bans_and_forces_tokens(client: OpenAI, tokenizer: Any) -> No
     assert first_token(logit_bias={str(forced_id): 100}) == " banana"
 
 
-def test_penalties_change_a_repetitive_answer(client: OpenAI) -> None:
+def test_penalties_change_a_repetitive_answer(openai_client: OpenAI) -> None:
     prompt = "Repeat after me: the the the the the the the the"
 
     def answer(**fields: Any) -> str:
-        response = client.completions.create(
+        response = openai_client.completions.create(
             model=BASE, prompt=prompt, max_tokens=12, temperature=0, **fields
         )
         return response.choices[0].text
@@ -138,22 +133,26 @@ def test_penalties_change_a_repetitive_answer(client: OpenAI) -> None:
     assert answer(presence_penalty=2.0) != plain
 
 
-def test_prompt_lists_and_token_ids(client: OpenAI, tokenizer: Any) -> None:
+def test_prompt_lists_and_token_ids(openai_client: OpenAI, tokenizer: Any) -> None:
     text, other = "The capital of France is", "One, two,"
     ids = tokenizer.encode(text, add_special_tokens=False)
     other_ids = tokenizer.encode(other, add_special_tokens=False)
-    by_text = client.completions.create(model=BASE, prompt=text, max_tokens=4, temperature=0)
-    by_ids = client.completions.create(model=BASE, prompt=ids, max_tokens=4, temperature=0)
+    by_text = openai_client.completions.create(model=BASE, prompt=text, max_tokens=4, temperature=0)
+    by_ids = openai_client.completions.create(model=BASE, prompt=ids, max_tokens=4, temperature=0)
     assert by_ids.choices[0].text == by_text.choices[0].text
-    by_other = client.completions.create(model=BASE, prompt=other, max_tokens=4, temperature=0)
-    many = client.completions.create(model=BASE, prompt=[ids, other_ids], max_tokens=4, n=2, seed=5)
+    by_other = openai_client.completions.create(
+        model=BASE, prompt=other, max_tokens=4, temperature=0
+    )
+    many = openai_client.completions.create(
+        model=BASE, prompt=[ids, other_ids], max_tokens=4, n=2, seed=5
+    )
     # choice i of prompt p is p * n + i
     assert [c.index for c in many.choices] == [0, 1, 2, 3]
     assert all(c.text for c in many.choices)
     assert many.usage is not None and many.usage.prompt_tokens == len(ids) + len(other_ids)
     streamed: dict[int, str] = {}
     usage = None
-    for chunk in client.completions.create(
+    for chunk in openai_client.completions.create(
         model=BASE,
         prompt=[text, other],
         max_tokens=4,
@@ -170,9 +169,9 @@ def test_prompt_lists_and_token_ids(client: OpenAI, tokenizer: Any) -> None:
 
 @pytest.mark.parametrize("max_tokens", [8, 200])
 def test_json_object_answers_one_object_closed_within_max_tokens(
-    client: OpenAI, max_tokens: int
+    openai_client: OpenAI, max_tokens: int
 ) -> None:
-    response = client.chat.completions.create(
+    response = openai_client.chat.completions.create(
         model=BASE,
         messages=[{"role": "user", "content": "Describe Paris as JSON with a name and a country."}],
         response_format={"type": "json_object"},
@@ -198,10 +197,10 @@ def test_json_object_answers_one_object_closed_within_max_tokens(
     ],
 )
 def test_values_past_the_limits_are_refused_by_name(
-    client: OpenAI, fields: dict[str, Any], named: str
+    openai_client: OpenAI, fields: dict[str, Any], named: str
 ) -> None:
     with pytest.raises(UnprocessableEntityError, match=named):
-        client.chat.completions.create(
+        openai_client.chat.completions.create(
             model=BASE,
             messages=QUESTION,
             max_tokens=2,

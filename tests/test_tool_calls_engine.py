@@ -12,8 +12,6 @@ import pytest
 from openai import OpenAI, UnprocessableEntityError
 from pydantic import BaseModel, Field
 
-from tests.support.server import RunningServer
-
 pytestmark = pytest.mark.engine
 
 BASE = "SmolLM2-135M-Instruct"
@@ -45,11 +43,6 @@ TOOLS: list[Any] = [
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused")
-
-
 def _check_calls(calls: Any, names: set[str] | None = None) -> None:
     assert calls, "no tool call returned"
     for call in calls:
@@ -59,18 +52,18 @@ def _check_calls(calls: Any, names: set[str] | None = None) -> None:
         jsonschema.validate(arguments, PARAMETERS[call.function.name])
 
 
-def _create(client: OpenAI, **fields: Any) -> Any:
-    return client.chat.completions.create(
+def _create(openai_client: OpenAI, **fields: Any) -> Any:
+    return openai_client.chat.completions.create(
         model=BASE, messages=fields.pop("messages", ASK), temperature=0, **fields
     )
 
 
 @pytest.mark.parametrize(("parallel", "max_tokens"), [(True, None), (False, None), (True, 64)])
 def test_required_returns_valid_calls(
-    client: OpenAI, parallel: bool, max_tokens: int | None
+    openai_client: OpenAI, parallel: bool, max_tokens: int | None
 ) -> None:
     reply = _create(
-        client,
+        openai_client,
         tools=TOOLS,
         tool_choice="required",
         parallel_tool_calls=parallel,
@@ -82,9 +75,9 @@ def test_required_returns_valid_calls(
     assert parallel or len(choice.message.tool_calls) == 1
 
 
-def test_a_named_function_is_the_one_called(client: OpenAI) -> None:
+def test_a_named_function_is_the_one_called(openai_client: OpenAI) -> None:
     reply = _create(
-        client,
+        openai_client,
         tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "add"}},
         max_tokens=64,
@@ -94,8 +87,8 @@ def test_a_named_function_is_the_one_called(client: OpenAI) -> None:
     assert len(calls) == 1
 
 
-def test_auto_answers_text_or_valid_calls(client: OpenAI) -> None:
-    reply = _create(client, tools=TOOLS, max_tokens=48)
+def test_auto_answers_text_or_valid_calls(openai_client: OpenAI) -> None:
+    reply = _create(openai_client, tools=TOOLS, max_tokens=48)
     choice = reply.choices[0]
     if choice.message.tool_calls:
         assert choice.finish_reason == "tool_calls"
@@ -104,16 +97,16 @@ def test_auto_answers_text_or_valid_calls(client: OpenAI) -> None:
         assert choice.message.content and choice.finish_reason in {"stop", "length"}
 
 
-def test_none_answers_text(client: OpenAI) -> None:
-    reply = _create(client, tools=TOOLS, tool_choice="none", max_tokens=16)
+def test_none_answers_text(openai_client: OpenAI) -> None:
+    reply = _create(openai_client, tools=TOOLS, tool_choice="none", max_tokens=16)
     choice = reply.choices[0]
     assert choice.message.content and not choice.message.tool_calls
     assert choice.finish_reason in {"stop", "length"}
 
 
-def test_streamed_calls_assemble_into_valid_calls(client: OpenAI) -> None:
+def test_streamed_calls_assemble_into_valid_calls(openai_client: OpenAI) -> None:
     stream = _create(
-        client,
+        openai_client,
         tools=TOOLS,
         tool_choice="required",
         stream=True,
@@ -138,7 +131,7 @@ def test_streamed_calls_assemble_into_valid_calls(client: OpenAI) -> None:
         jsonschema.validate(json.loads(call["arguments"]), PARAMETERS[call["name"]])
 
 
-def test_a_history_with_tool_calls_and_results_is_answered(client: OpenAI) -> None:
+def test_a_history_with_tool_calls_and_results_is_answered(openai_client: OpenAI) -> None:
     history: list[Any] = [
         {"role": "user", "content": "Add 2 and 3."},
         {
@@ -154,9 +147,11 @@ def test_a_history_with_tool_calls_and_results_is_answered(client: OpenAI) -> No
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "5"},
     ]
-    reply = _create(client, messages=history, tools=TOOLS, tool_choice="none", max_tokens=16)
+    reply = _create(openai_client, messages=history, tools=TOOLS, tool_choice="none", max_tokens=16)
     assert reply.choices[0].message.content
-    again = _create(client, messages=history, tools=TOOLS, tool_choice="required", max_tokens=64)
+    again = _create(
+        openai_client, messages=history, tools=TOOLS, tool_choice="required", max_tokens=64
+    )
     _check_calls(again.choices[0].message.tool_calls)
 
 
@@ -165,9 +160,9 @@ class Person(BaseModel):
     age: int = Field(ge=0, le=120)
 
 
-def test_instructor_tools_mode_gets_the_object(client: OpenAI) -> None:
+def test_instructor_tools_mode_gets_the_object(openai_client: OpenAI) -> None:
     """instructor's default mode sends the model as a named tool."""
-    patched = instructor.from_openai(client, mode=instructor.Mode.TOOLS)
+    patched = instructor.from_openai(openai_client, mode=instructor.Mode.TOOLS)
     person = patched.chat.completions.create(
         model=BASE,
         response_model=Person,
@@ -193,7 +188,7 @@ def test_instructor_tools_mode_gets_the_object(client: OpenAI) -> None:
     ],
 )
 def test_tool_fields_that_cannot_be_met_are_refused_by_name(
-    client: OpenAI, fields: dict[str, Any], named: str
+    openai_client: OpenAI, fields: dict[str, Any], named: str
 ) -> None:
     with pytest.raises(UnprocessableEntityError, match=named):
-        _create(client, max_tokens=4, **fields)
+        _create(openai_client, max_tokens=4, **fields)

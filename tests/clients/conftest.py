@@ -1,11 +1,10 @@
-"""Fixtures of the client suite: the session server, the name of its base model, and the two
-token limits every case runs with."""
+"""Fixtures of the client suite: the name of the session server's base model, and the two
+token limits every case runs with (the OpenAI client is `tests/conftest.py`'s)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
-from openai import OpenAI
 
 from tests.support.server import RunningServer
 
@@ -16,11 +15,6 @@ TOKEN_LIMITS = (64, None)
 @pytest.fixture(scope="module")
 def base_model(server: RunningServer) -> str:
     return str(httpx.get(f"{server.url}/readyz", timeout=30).json()["base_model"])
-
-
-@pytest.fixture(scope="module")
-def openai_client(server: RunningServer) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600)
 
 
 @pytest.fixture(
