@@ -12,6 +12,8 @@ stalled server. Either sandbox with too many calls waiting answers 429 (`QueueFu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,7 +90,7 @@ class TokenPlan:
 
     max_tokens: int
     budget_aware: bool
-    """The engine closes the document within `max_tokens` (`structured.engine_budget`)."""
+    """The engine closes the document within `max_tokens` (`structured.engine_extension`)."""
 
 
 class DocumentValidator(Protocol):
@@ -188,12 +190,8 @@ class SchemaPolicy:
     async def _check(self, schema: Any, fallback: FallbackEngine | None) -> CompileVerdict:
         """The compile guard's verdict; a busy or broken sandbox is a 429 or a 503."""
         assert self._guard is not None
-        try:
+        with _sandbox_errors():
             verdict = await self._guard.check(schema, fallback)
-        except WorkersBusy as exc:
-            raise QueueFull(f"Too many schemas are being checked: {exc}.") from exc
-        except RuntimeError as exc:  # the guard is closed or cannot start a worker
-            raise EngineUnavailable(f"Schemas cannot be checked right now: {exc}") from exc
         if not verdict.ok and verdict.transient:  # the machine was busy, not the schema
             raise EngineUnavailable(f"{self._refusal(verdict)}; retry shortly.")
         return verdict
@@ -213,7 +211,7 @@ class SchemaPolicy:
         max_tokens, or a context too short for the longest document), the request is served
         budget-aware when the shortest complete document fits, else refused stating the
         minimum. A fallback engine cannot close a document early: it runs with what there is,
-        and a document cut short fails validation (retried, then refused)."""
+        and a document cut short is refused at once (`violation`'s `cut_at`)."""
         longest = admitted.max_tokens
         if longest is None:
             return None
@@ -251,12 +249,8 @@ class SchemaPolicy:
                 f"its grammar is over the {self.budget_max_grammar_mb} MB that budget-aware "
                 "decoding takes"
             )
-        try:
+        with _sandbox_errors():
             shortest = await self._guard.min_tokens(admitted.bounded)
-        except WorkersBusy as exc:
-            raise QueueFull(f"Too many schemas are being checked: {exc}.") from exc
-        except RuntimeError as exc:
-            raise EngineUnavailable(f"Schemas cannot be checked right now: {exc}") from exc
         return shortest, "its shortest document cannot be measured within the compile limits"
 
     @staticmethod
@@ -323,6 +317,17 @@ class SchemaPolicy:
             f"The generated document does not validate against the JSON Schema after "
             f"{attempts} attempt(s) ({enforced}): {'; '.join(outcome.errors)}"
         )
+
+
+@contextmanager
+def _sandbox_errors() -> Iterator[None]:
+    """The compile sandbox busy (429) or unable to run (503), as the request's error."""
+    try:
+        yield
+    except WorkersBusy as exc:
+        raise QueueFull(f"Too many schemas are being checked: {exc}.") from exc
+    except RuntimeError as exc:  # the guard is closed or cannot start a worker
+        raise EngineUnavailable(f"Schemas cannot be checked right now: {exc}") from exc
 
 
 def _refusal_message(reason: RefusalReason, message: str) -> str:

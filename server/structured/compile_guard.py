@@ -35,7 +35,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from server.structured.budget import DocumentBudget
 from server.structured.engine_extension import FallbackEngine
@@ -51,6 +51,10 @@ DEFAULT_CACHE_SIZE = 1024
 DEFAULT_MAX_GRAMMAR_MB = 128
 DEFAULT_MAX_WAITING = 16
 WALL_TIMEOUT_FACTOR = 3.0
+
+CheckMode = FallbackEngine | Literal["shortest"] | None
+"""What a check asks of the worker: outlines' compile (None), that plus the shortest document
+(`"shortest"`), or a fallback engine's compile."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,6 @@ class CompileGuard:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, CompileVerdict] = OrderedDict()
         self._inflight: dict[str, Future[CompileVerdict]] = {}
-        self._shortest: OrderedDict[str, int | None] = OrderedDict()
         self._vocab_file: Path | None = None
         self.hits = 0
         self.misses = 0
@@ -156,26 +159,27 @@ class CompileGuard:
         return self._pool.worker_pids()
 
     # -- checks ---------------------------------------------------------------------------
-    def cached(self, schema: Any, fallback: FallbackEngine | None = None) -> CompileVerdict | None:
-        """The cached verdict for `schema`, without compiling."""
+    def cached(self, schema: Any, mode: CheckMode = None) -> CompileVerdict | None:
+        """The cached verdict for `schema` (of the check `mode` asks for), without compiling."""
         try:
             digest = schema_digest(schema)
         except (TypeError, ValueError):
             return None
         with self._lock:
-            return self._cache_get(_cache_key(digest, fallback))
+            return self._cache_get(_cache_key(digest, mode))
 
-    def check_sync(self, schema: Any, fallback: FallbackEngine | None = None) -> CompileVerdict:
+    def check_sync(self, schema: Any, mode: CheckMode = None) -> CompileVerdict:
         """Compile `schema` (as vLLM will receive it) in a worker, or answer from the cache.
-        With `fallback`, check that this fallback engine compiles it instead (and measure the
-        longest document where the schema's regex can)."""
+        `mode` a fallback engine: check that this engine compiles it instead (and measure the
+        longest document where the schema's regex can); `"shortest"`: also measure the
+        shortest document (`min_tokens`), under twice the limits."""
         try:
             digest = schema_digest(schema)
         except (TypeError, ValueError) as exc:
             return CompileVerdict(
                 ok=False, digest="", reason=RefusalReason.INVALID_SCHEMA, message=str(exc)
             )
-        digest = _cache_key(digest, fallback)
+        digest = _cache_key(digest, mode)
         with self._lock:
             if self._pool.closed:
                 raise RuntimeError("the compile guard is closed")
@@ -190,7 +194,7 @@ class CompileGuard:
         if not owner:
             return pending.result().as_cached()
         try:
-            verdict = self._compile(schema, digest, fallback=fallback)
+            verdict = self._compile(schema, digest, mode)
         except BaseException as exc:
             with self._lock:
                 self._inflight.pop(digest, None)
@@ -206,42 +210,26 @@ class CompileGuard:
         pending.set_result(verdict)
         return verdict
 
-    async def check(self, schema: Any, fallback: FallbackEngine | None = None) -> CompileVerdict:
+    async def check(self, schema: Any, mode: CheckMode = None) -> CompileVerdict:
         """`check_sync` for asyncio: cache hits answer at once, compiles run in guard threads
         (`WorkersBusy` when too many wait)."""
-        hit = self.cached(schema, fallback)
+        hit = self.cached(schema, mode)
         if hit is not None:
             return hit
-        return await self._pool.submit(self.check_sync, schema, fallback)
+        return await self._pool.submit(self.check_sync, schema, mode)
 
     def min_tokens_sync(self, schema: Any) -> int | None:
         """The fewest tokens a complete document of `schema` takes, end-of-sequence included
         (`completions.ShortestCompletions`, measured in a worker under twice the compile
         limits); None when it cannot be measured within them."""
-        digest = schema_digest(schema)
-        with self._lock:
-            if digest in self._shortest:
-                self._shortest.move_to_end(digest)
-                return self._shortest[digest]
-            if self._pool.closed:
-                raise RuntimeError("the compile guard is closed")
-        verdict = self._compile(schema, digest, shortest=True)
-        value = verdict.min_tokens if verdict.ok else None
-        with self._lock:
-            if not verdict.transient and self.cache_size:
-                self._shortest[digest] = value
-                while len(self._shortest) > self.cache_size:
-                    self._shortest.popitem(last=False)
-        return value
+        verdict = self.check_sync(schema, "shortest")
+        return verdict.min_tokens if verdict.ok else None
 
     async def min_tokens(self, schema: Any) -> int | None:
         """`min_tokens_sync` for asyncio, in the guard's threads (`WorkersBusy` when too many
         wait)."""
-        with self._lock:
-            digest = schema_digest(schema)
-            if digest in self._shortest:
-                return self._shortest[digest]
-        return await self._pool.submit(self.min_tokens_sync, schema)
+        verdict = await self.check(schema, "shortest")
+        return verdict.min_tokens if verdict.ok else None
 
     # -- internals ------------------------------------------------------------------------
     def _cache_get(self, digest: str) -> CompileVerdict | None:
@@ -263,13 +251,7 @@ class CompileGuard:
         args = [str(self._ensure_vocab())]
         return WorkerProcess("server.structured._worker", self.memory_limit_mb, args)
 
-    def _compile(
-        self,
-        schema: Any,
-        digest: str,
-        shortest: bool = False,
-        fallback: FallbackEngine | None = None,
-    ) -> CompileVerdict:
+    def _compile(self, schema: Any, digest: str, mode: CheckMode) -> CompileVerdict:
         try:
             schema_json = json.dumps(schema)  # what vLLM sends outlines
         except (TypeError, ValueError) as exc:
@@ -278,6 +260,8 @@ class CompileGuard:
             )
         worker = self._pool.acquire()
         started = time.perf_counter()
+        shortest = mode == "shortest"
+        fallback = None if shortest else mode
         scale = 2 if shortest else 1  # the table costs about one more compilation
         answer = worker.call(
             {"schema": schema_json, "shortest": shortest, "fallback": fallback},
@@ -357,8 +341,8 @@ class CompileGuard:
         )
 
 
-def _cache_key(digest: str, fallback: FallbackEngine | None) -> str:
-    return digest if fallback is None else f"{fallback}:{digest}"
+def _cache_key(digest: str, mode: CheckMode) -> str:
+    return digest if mode is None else f"{mode}:{digest}"
 
 
 __all__ = ["CompileGuard", "CompileVerdict", "schema_digest"]

@@ -11,7 +11,7 @@ lead to. Two things come out of it:
 - `allowed(state, remaining)`: with `remaining` tokens left (this one included), the tokens
   after which the document can still be completed and closed with end-of-sequence in time;
   None when the budget restricts nothing. Decoding that keeps to these tokens ends every
-  document validly within any `max_tokens >= min_tokens` (`engine_budget`).
+  document validly within any `max_tokens >= min_tokens` (`engine_extension`).
 
 Memory: about 6 bytes per transition (an int32 token id and an int16 distance), built once
 per grammar; building it reads every transition (`Index.get_transitions`), about as long as
