@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "HOTSWAP_GRAMMAR_CACHE_MB"
 DEFAULT_CACHE_MB = 512
 _MARKER = "_hotswap_grammar_cache"
+V = TypeVar("V")
 
 
 def index_bytes(index: Any) -> int:
@@ -46,22 +48,33 @@ def index_bytes(index: Any) -> int:
     return len(args[0])
 
 
-class GrammarCache(LRUCache[str, Any]):
-    """An LRU of compiled indexes bounded by their total size in bytes, not by their count."""
+class BytesBoundedCache(LRUCache[str, V]):
+    """An LRU bounded by the total size in bytes of what it holds (`sizeof`), not by a count;
+    one entry larger than the whole cache is served and not kept."""
 
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(maxsize=max_bytes, getsizeof=index_bytes)
+    def __init__(self, max_bytes: int, sizeof: Callable[[V], int], what: str) -> None:
+        super().__init__(maxsize=max_bytes, getsizeof=sizeof)
+        self._sizeof = sizeof
+        self._what = what
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def __setitem__(self, key: str, value: V) -> None:
         try:
             super().__setitem__(key, value)
         except ValueError:  # larger than the whole cache: serve it, keep nothing
             logger.warning(
-                "A compiled grammar of %.1f MB exceeds %s=%d; it is not cached.",
-                index_bytes(value) / 2**20,
+                "A %s of %.1f MB exceeds %s=%d; it is not cached.",
+                self._what,
+                self._sizeof(value) / 2**20,
                 ENV_VAR,
                 int(self.maxsize) >> 20,
             )
+
+
+class GrammarCache(BytesBoundedCache[Any]):
+    """An LRU of compiled indexes bounded by their total size in bytes, not by their count."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes, index_bytes, "compiled grammar")
 
 
 def cache_megabytes() -> int:

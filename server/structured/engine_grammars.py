@@ -7,13 +7,11 @@ Imported only in processes that run vLLM's structured-output manager (the engine
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from cachetools import LRUCache
 from vllm.v1.structured_output.backend_guidance import GuidanceBackend
 from vllm.v1.structured_output.backend_outlines import OutlinesBackend, OutlinesGrammar
 from vllm.v1.structured_output.backend_types import (
@@ -25,9 +23,7 @@ from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend
 
 from server.structured.completions import ShortestCompletions, token_mask
 from server.structured.engine_extension import requested
-from server.structured.engine_grammar_cache import cache_megabytes
-
-logger = logging.getLogger(__name__)
+from server.structured.engine_grammar_cache import BytesBoundedCache, cache_megabytes
 
 CreateGrammar = Callable[[Any, Any], StructuredOutputGrammar]
 _FALLBACKS: dict[str, type[StructuredOutputBackend]] = {
@@ -88,8 +84,8 @@ class CompletionTables:
     """Shortest-completion tables of the grammars in use, an LRU bounded by their bytes."""
 
     def __init__(self, max_bytes: int) -> None:
-        self._tables: LRUCache[str, ShortestCompletions] = LRUCache(
-            maxsize=max_bytes, getsizeof=lambda table: max(table.nbytes, 1)
+        self._tables = BytesBoundedCache[ShortestCompletions](
+            max_bytes, lambda table: max(table.nbytes, 1), "completion table"
         )
         self._lock = threading.Lock()  # grammars compile in several threads
 
@@ -100,10 +96,7 @@ class CompletionTables:
             return table
         table = ShortestCompletions.build(index)
         with self._lock:
-            try:
-                self._tables[key] = table
-            except ValueError:  # larger than the whole cache: used for this request only
-                logger.warning("A completion table of %d bytes is not cached.", table.nbytes)
+            self._tables[key] = table  # one larger than the cache serves this request only
         return table
 
 
