@@ -388,7 +388,7 @@ async def test_ordinary_validation_round_trip_is_fast(validator: ValidationGuard
 async def test_a_full_compile_queue_is_a_429(tmp_path: Path) -> None:
     guard = CompileGuard(tmp_path, workers=1, max_waiting=0)
 
-    def slow_check(schema: Any, fallback: Any = None) -> CompileVerdict:
+    def slow_check(schema: Any, mode: Any = None) -> CompileVerdict:
         time.sleep(0.5)
         return CompileVerdict(ok=True, digest="x")
 
