@@ -76,6 +76,35 @@ class TrainingInfo(BaseModel):
     hyperparameters: JsonObject = Field(default_factory=dict)
 
 
+class Calibration(BaseModel):
+    """How a classification task's label probabilities are read (`adapters.label_trie`):
+    written by `hotswap train` from held-out data."""
+
+    model_config = _MODEL_CONFIG
+
+    temperature: float = Field(
+        default=1.0,
+        gt=0.01,
+        le=100.0,
+        description="Divides the log-probabilities at each branching point of the label trie "
+        "(temperature scaling, fitted on the validation split).",
+    )
+    abstain_below: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Answers less confident than this abstain (a request may set its own).",
+    )
+    predicted_distribution: dict[str, float] | None = Field(
+        default=None,
+        description="The adapter's predicted label frequencies on held-out data: the drift "
+        "baseline, so a weak but stable adapter does not alarm.",
+    )
+    mean_confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Mean confidence on held-out data."
+    )
+
+
 class TaskSpec(BaseModel):
     """How inputs are framed and what outputs look like for this adapter's task."""
 
@@ -95,6 +124,9 @@ class TaskSpec(BaseModel):
     )
     reference_distribution: dict[str, float] | None = Field(
         default=None, description="Expected label frequencies (drift baseline), summing to 1."
+    )
+    calibration: Calibration | None = Field(
+        default=None, description="Label probabilities of a classification task."
     )
 
     @model_validator(mode="after")
@@ -116,8 +148,18 @@ class TaskSpec(BaseModel):
         if self.label_field is not None:
             self._check_label_field(self.label_field)
         if self.reference_distribution is not None:
-            self._check_distribution(self.reference_distribution)
+            self._check_distribution("reference_distribution", self.reference_distribution)
+        predicted = self.calibration.predicted_distribution if self.calibration else None
+        if predicted is not None:
+            self._check_distribution("calibration.predicted_distribution", predicted)
         return self
+
+    @property
+    def drift_reference(self) -> dict[str, float] | None:
+        """The label distribution live predictions are compared with: the adapter's own
+        predictions on held-out data when training recorded them, else the labels'."""
+        predicted = self.calibration.predicted_distribution if self.calibration else None
+        return predicted or self.reference_distribution
 
     def _check_label_field(self, field: str) -> None:
         if self.labels is None:
@@ -126,13 +168,13 @@ class TaskSpec(BaseModel):
         if isinstance(properties, dict) and field not in properties:
             raise ValueError(f"label_field {field!r} is not a property of output_schema")
 
-    def _check_distribution(self, distribution: dict[str, float]) -> None:
+    def _check_distribution(self, name: str, distribution: dict[str, float]) -> None:
         if self.labels is None or set(distribution) != set(self.labels):
-            raise ValueError("reference_distribution must have exactly one entry per label")
+            raise ValueError(f"{name} must have exactly one entry per label")
         if any(p < 0 for p in distribution.values()):
-            raise ValueError("reference_distribution has a negative probability")
+            raise ValueError(f"{name} has a negative probability")
         if not math.isclose(sum(distribution.values()), 1.0, rel_tol=0.0, abs_tol=1e-6):
-            raise ValueError("reference_distribution must sum to 1")
+            raise ValueError(f"{name} must sum to 1")
 
     def render_messages(self, text: str) -> list[ChatMessage]:
         """The chat messages for one input: the system message (if any), then the user turn."""

@@ -24,7 +24,9 @@ check that both paths raise the same alarms.
 adapter archive is pushed to a real `hotswap serve` on loopback and test texts stream through
 `/v1/generate`; the server's own drift gauges are read from `/v1/adapters/{name}/stats` and
 `/metrics`. There the window holds the adapter's *predicted* intents, and the reference is the
-one in the adapter's manifest.
+one in the adapter's manifest: its own predictions on the test split when training recorded
+them (`calibration.predicted_distribution`; the streams then follow the test split's label mix),
+else the training labels' distribution.
 """
 
 from __future__ import annotations
@@ -345,18 +347,17 @@ class ServedResult:
 def served_streams(
     data: Banking77,
     texts: list[str],
-    reference: ReferenceDistribution,
+    traffic: ReferenceDistribution,
     windows: int,
     window: int,
     seed: int,
 ) -> tuple[ServedStream, ServedStream]:
-    """(a) test texts sampled to the adapter's reference, `1 + windows` windows long; (b) one
-    window of that, then a `SERVED_SHIFT` shift onto 5 intents for `MAX_DELAY_WINDOWS` windows."""
+    """(a) test texts whose true labels follow `traffic` (the traffic the adapter's reference
+    describes), `1 + windows` windows long; (b) one window of that, then a `SERVED_SHIFT`
+    shift onto 5 intents for `MAX_DELAY_WINDOWS` windows."""
     rng = np.random.default_rng(seed)
-    # The adapter's reference, over this data's bins (same labels, maybe another order).
-    p = np.array(
-        [reference.probabilities[reference.index(label)] for label in data.reference.labels]
-    )
+    # The traffic's label mix, over this data's bins (same labels, maybe another order).
+    p = np.array([traffic.probabilities[traffic.index(label)] for label in data.reference.labels])
     by_bin = {b: np.flatnonzero(data.test_bins == b) for b in range(len(p))}
 
     def rows_for(bins: Bins) -> list[int]:
@@ -441,15 +442,24 @@ def run_served(archive: Path, data_dir: Path, windows: int, seed: int) -> None:
         (tmp / "unpacked").mkdir()
         folder = extract_archive(archive, tmp / "unpacked", ArchiveLimits())
         manifest = AdapterManifest.model_validate_json((folder / MANIFEST_FILE).read_text())
-        if manifest.task is None or manifest.task.reference_distribution is None:
+        task = manifest.task
+        if task is None or task.drift_reference is None:
             sys.exit(f"{archive}: the manifest carries no reference label distribution")
-        label_field = manifest.task.label_field
+        label_field = task.label_field
         if label_field is None:
             sys.exit(f"{archive}: the manifest names no label field")
-        reference = ReferenceDistribution(manifest.task.reference_distribution)
+        # A reference of the adapter's own predictions on the test split describes traffic
+        # like the test split; the training labels' describes traffic like them.
+        predicted = task.calibration is not None and task.calibration.predicted_distribution
+        test_mix = Counter(data.reference.labels[b] for b in data.test_bins)
+        traffic = ReferenceDistribution(
+            {label: test_mix[label] / len(data.test_bins) for label in data.reference.labels}
+            if predicted
+            else task.drift_reference
+        )
         settings = Settings()
         window = settings.drift_window_size
-        streams = served_streams(data, texts, reference, windows, window, seed)
+        streams = served_streams(data, texts, traffic, windows, window, seed)
         (tmp / "home").mkdir()
         # An engine takes 30 s to start on an idle machine and over 10 min on a loaded one.
         server = server_support.start_server(

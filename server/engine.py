@@ -75,6 +75,9 @@ class Sampling:
     grammar_engine: FallbackEngine | None = None
     """Under `json_schema`, the fallback grammar engine that decodes it (None: the configured
     backend, outlines by default)."""
+    scored_token_ids: tuple[int, ...] = ()
+    """Token ids whose log-probabilities each new token's position reports (`Chunk.scores`):
+    the label trie's branching points are read this way (`server.label_scores`)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class Chunk:
     index: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
     """The new tokens' log-probabilities when the request asked for them."""
+    scores: tuple[Mapping[int, float], ...] = ()
+    """Per new token, the log-probabilities of `Sampling.scored_token_ids` at its position."""
 
 
 def _stop_starting_engine_cores() -> None:
@@ -371,6 +376,7 @@ class Engine:
                 presence_penalty=sampling.presence_penalty,
                 frequency_penalty=sampling.frequency_penalty,
                 logit_bias=dict(sampling.logit_bias) or None,
+                logprob_token_ids=list(sampling.scored_token_ids) or None,
                 output_kind=RequestOutputKind.DELTA,
                 structured_outputs=(
                     StructuredOutputsParams(**structured) if structured is not None else None
@@ -401,6 +407,7 @@ class Engine:
                             finish_reason=step.finish_reason,
                             index=step.index,
                             logprobs=_logprobs(step, sampling.logprobs),
+                            scores=_scores(step, sampling.scored_token_ids),
                         )
         except EngineDeadError as exc:
             raise EngineUnavailable(_DIED) from exc
@@ -437,6 +444,16 @@ def _logprobs(step: Any, top: int | None) -> tuple[TokenLogprob, ...]:
             )
         )
     return tuple(tokens)
+
+
+def _scores(step: Any, token_ids: Sequence[int]) -> tuple[Mapping[int, float], ...]:
+    """The log-probabilities of `token_ids` at each new token's position."""
+    if not token_ids or not step.logprobs:
+        return ()
+    return tuple(
+        {tid: position[tid].logprob for tid in token_ids if tid in position}
+        for position in step.logprobs
+    )
 
 
 def _finite(logprob: float) -> float:

@@ -12,9 +12,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.label_trie import LabelDistribution, classification_field, label_answer
 from server.catalog import ModelCatalog, ServedModel
 from server.engine import MAX_SEED, Chunk, Engine, Sampling, TokenLogprob
 from server.errors import HotswapError, InvalidRequest, PromptTooLong, QueueFull
+from server.label_scores import DEFAULT_TOP_LABELS, LabelPlan, LabelScorer, LabelVerdict, verdict
 from server.metrics.instruments import SCHEMA_ENGINES, SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
 from server.metrics.labels import LabelTracker
 from server.metrics.requests import RequestRecorder, record_refusal
@@ -67,6 +69,10 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: Mapping[int, float] = field(default_factory=dict)
+    top_labels: int = DEFAULT_TOP_LABELS
+    """Of a classification task (`server.label_scores`): the most probable labels returned."""
+    abstain_below: float | None = None
+    """Of a classification task: abstain below this confidence (None: the manifest's)."""
     protocol: str = "http"
     route: str = "generate"
 
@@ -86,6 +92,8 @@ class PreparedRequest:
     protocol: str
     route: str
     schema: AdmittedSchema | None = None
+    labels: LabelPlan | None = None
+    """Set for a classification task's text input: its labels are scored."""
 
     @property
     def grammar_engine(self) -> str | None:
@@ -107,6 +115,8 @@ class GenerationResult:
     output: Any = None
     valid: bool | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    label: LabelVerdict | None = None
+    """Of a classification task: the answer's label probability, the top labels, abstention."""
 
 
 class GenerationService:
@@ -145,6 +155,7 @@ class GenerationService:
         self._max_n = max_n
         self._in_flight = 0
         self._labels = labels
+        self._scorer = LabelScorer(engine)
         # model references that resolved -> the adapter label their metrics carry
         self._metric_names: OrderedDict[str | None, str] = OrderedDict({None: catalog.base.name})
 
@@ -262,6 +273,7 @@ class GenerationService:
         )
         if admitted is not None:
             SCHEMA_ENGINES.labels(model.name, admitted.grammar_engine).inc()
+        scored = request.task_input is not None and request.json_schema is None
         return PreparedRequest(
             model=model,
             prompt_token_ids=prompt_ids,
@@ -269,6 +281,37 @@ class GenerationService:
             protocol=request.protocol,
             route=request.route,
             schema=admitted,
+            labels=await self._label_plan(request, model) if scored else None,
+        )
+
+    async def _label_plan(self, request: GenerationRequest, model: ServedModel) -> LabelPlan | None:
+        """How the labels of a task call are scored; None unless the adapter's task is a
+        single-label classification (its schema one `enum` field)."""
+        task = model.task
+        if task is None or task.labels is None:
+            return None
+        field_name = classification_field(task.output_schema, task.labels)
+        if field_name is None:
+            return None
+        trie = await self._scorer.trie(model, field_name, task.labels)
+        if trie is None:
+            return None
+        calibration = task.calibration
+        longest = max(len(sequence) for sequence in trie.sequences) + 1  # end of sequence
+        return LabelPlan(
+            trie=trie,
+            field=field_name,
+            temperature=calibration.temperature if calibration else 1.0,
+            abstain_below=request.abstain_below
+            if request.abstain_below is not None
+            else calibration.abstain_below
+            if calibration
+            else None,
+            top_k=request.top_labels,
+            answer_directly=request.temperature == 0
+            and request.n == 1
+            and request.logprobs is None
+            and (request.max_tokens is None or request.max_tokens >= longest),
         )
 
     def _check_length(self, request: GenerationRequest) -> None:
@@ -375,6 +418,19 @@ class GenerationService:
         holds each choice's whole text, parsed and validated; under a schema, a choice that
         fails it raises `SchemaViolation` after the last chunk (text already sent cannot be
         retried: `complete` retries)."""
+        if prepared.labels is not None:  # scored, not streamed: the answer comes whole
+            results = results if results is not None else []
+            results[:] = await self.complete(prepared, request_id)
+            for result in results:
+                yield Chunk(
+                    text=result.text,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    finish_reason=result.finish_reason,
+                    index=result.index,
+                    logprobs=tuple(result.logprobs),
+                )
+            return
         results = _fresh(prepared, results)
         async with aclosing(self._attempt(prepared, request_id, results)) as chunks:
             async for chunk in chunks:
@@ -389,7 +445,66 @@ class GenerationService:
         every choice validates against the user's schema: one that does not is generated again
         on its own (up to the policy's `max_retries`, another seed, temperature > 0, counted
         `retried`); a choice's last failure raises `SchemaViolation`. Usage counts the returned
-        attempts only."""
+        attempts only. A classification task's labels are scored: each choice carries its
+        label's verdict, and a greedy call is answered with the most probable label."""
+        plan = prepared.labels
+        if plan is None:
+            return await self._generate(prepared, request_id)
+        if plan.answer_directly:
+            distribution, results = await self._answer(prepared, plan, request_id)
+        else:
+            results = await self._generate(prepared, request_id)
+            distribution = await self._scorer.distribution(
+                plan, prepared.model, prepared.prompt_token_ids, request_id
+            )
+        for result in results:
+            document = result.output
+            label = document.get(plan.field) if isinstance(document, dict) else None
+            result.label = verdict(plan, distribution, label)
+            self._labels.observe_verdict(prepared.model, result.label)
+            if result.label.abstained:
+                result.text, result.output = "", None
+        return results
+
+    async def _answer(
+        self, prepared: PreparedRequest, plan: LabelPlan, request_id: str
+    ) -> tuple[LabelDistribution, list[GenerationResult]]:
+        """Score the labels and answer with the most probable one (as training wrote it)."""
+        model = prepared.model
+        prompt_tokens = len(prepared.prompt_token_ids)
+        recorder = RequestRecorder(
+            model.name, str(model.version or ""), prepared.protocol, prepared.route
+        )
+        status, completion_tokens = "aborted", 0
+        self._in_flight += 1
+        try:
+            distribution = await self._scorer.distribution(
+                plan, model, prepared.prompt_token_ids, request_id
+            )
+            best, _ = distribution.best
+            completion_tokens = len(plan.trie.sequences[plan.trie.labels.index(best)]) + 1
+            recorder.token(completion_tokens)
+            status = "ok"
+        except HotswapError as exc:
+            status = exc.code
+            raise
+        finally:
+            self._in_flight -= 1
+            recorder.finish(status, prompt_tokens, completion_tokens)
+        result = GenerationResult(
+            model=model,
+            text=label_answer(plan.field, best),
+            finish_reason="stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        outcome = await self._judge(prepared, result, retrying=False)
+        if outcome is not None and not outcome.valid and prepared.schema is not None:
+            raise self._schemas.violation(prepared.schema, outcome, attempts=1)
+        return distribution, [result]
+
+    async def _generate(self, prepared: PreparedRequest, request_id: str) -> list[GenerationResult]:
+        """`complete`'s generation: every choice run, validated and retried."""
         retries = self._schemas.max_retries if prepared.schema is not None else 0
         results = _fresh(prepared)
         await _drain(self._attempt(prepared, request_id, results))

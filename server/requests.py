@@ -48,6 +48,8 @@ def generation_request(body: GenerateRequest, protocol: str) -> GenerationReques
         json_schema=body.json_schema,
         n=body.n,
         logprobs=logprobs_count(body.logprobs, body.top_logprobs),
+        top_labels=body.top_labels,
+        abstain_below=body.abstain_below,
         protocol=protocol,
         route="generate",
     )

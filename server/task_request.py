@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from server.engine import MAX_SEED
+from server.label_scores import DEFAULT_TOP_LABELS, MAX_TOP_LABELS
 from server.tool_calls.spec import MAX_TOOL_CALL_ID_CHARS, HistoryToolCalls
 
 MAX_TOKENS = 1_000_000  # far above any context; the context check is the domain's
@@ -135,6 +136,20 @@ class GenerateRequest(BaseModel):
     n: int = N_FIELD
     logprobs: bool = Field(default=False, description="Return each token's log-probability.")
     top_logprobs: int | None = TOP_LOGPROBS_FIELD
+    top_labels: int = Field(
+        default=DEFAULT_TOP_LABELS,
+        ge=1,
+        le=MAX_TOP_LABELS,
+        description="Of a classification task: how many of the most probable labels to return.",
+    )
+    abstain_below: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Of a classification task: abstain below this confidence (unset: the "
+        "adapter's manifest's `calibration.abstain_below`, if any).",
+    )
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> Self:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from adapters.manifest import TaskSpec
+from adapters.manifest import Calibration, TaskSpec
+from server.catalog import ServedModel
 from server.errors import ModelNotFound
 from server.generation import GenerationRequest
+from server.label_scores import LabelVerdict
 from server.metrics.labels import LabelTracker, labels_of
 from server.metrics.stats import adapter_stats
 from tests.support.fakes import service
@@ -52,6 +54,41 @@ def test_a_new_reference_distribution_restarts_the_window() -> None:
     tracker.observe("t2", changed, {"intent": "bye"})
     status = tracker.status("t2")
     assert status is not None and status.count == 1
+
+
+def test_the_adapters_own_predictions_are_the_drift_reference_when_recorded() -> None:
+    predicted = {"hello": 0.5, "bye": 0.5}
+    task = TASK.model_copy(update={"calibration": Calibration(predicted_distribution=predicted)})
+    assert task.drift_reference == predicted and TASK.drift_reference == TASK.reference_distribution
+    own, labels = LabelTracker(window_size=4), LabelTracker(window_size=4)
+    for label in ("hello", "bye", "hello", "bye"):
+        own.observe("t4", task, {"intent": label})
+        labels.observe("t4", TASK, {"intent": label})
+    near, far = own.status("t4"), labels.status("t4")
+    assert near is not None and far is not None
+    # 50/50 predictions sit on the predicted reference (its small __other__ mass aside)
+    assert near.js_distance < 0.03 < 0.15 < far.js_distance
+
+
+def test_verdicts_feed_the_confidence_histogram_abstain_counts_and_drift_gauge() -> None:
+    task = TASK.model_copy(update={"calibration": Calibration(mean_confidence=0.9)})
+    model = ServedModel("t5", 2, None, task)
+    tracker = LabelTracker(window_size=10)
+    tracker.observe_verdict(model, LabelVerdict(0.6, (("hello", 0.6),), abstained=False))
+    tracker.observe_verdict(model, LabelVerdict(0.4, (("bye", 0.4),), abstained=True))
+    assert sample("hotswap_label_confidence_count", adapter="t5", version="2") == 2
+    assert sample("hotswap_label_confidence_sum", adapter="t5", version="2") == pytest.approx(1.0)
+    assert (
+        sample("hotswap_label_verdicts_total", adapter="t5", version="2", verdict="abstained") == 1
+    )
+    families = {f.name: f for f in tracker.collect()}
+    (mean,) = [
+        s for s in families["hotswap_label_confidence_mean"].samples if s.labels["adapter"] == "t5"
+    ]
+    (drift,) = [
+        s for s in families["hotswap_label_confidence_drift"].samples if s.labels["adapter"] == "t5"
+    ]
+    assert mean.value == pytest.approx(0.5) and drift.value == pytest.approx(0.4)
 
 
 def test_no_reference_means_counts_without_drift() -> None:

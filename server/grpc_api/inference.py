@@ -27,7 +27,16 @@ from server.grpc_api.guard import GuardedServicer, guarded
 from server.grpc_api.structs import from_struct, to_struct
 from server.requests import generation_request, parse_generate
 
-_KNOBS = ("max_tokens", "temperature", "top_p", "seed", "n", "top_logprobs")
+_KNOBS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "n",
+    "top_logprobs",
+    "top_labels",
+    "abstain_below",
+)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
@@ -118,6 +127,7 @@ def response(
         adapter=pb.AdapterRef(name=model.name),
         logprobs=first.logprobs,
         choices=choices,
+        top_labels=first.top_labels,
     )
     if model.version is not None:
         message.adapter.version = model.version
@@ -127,6 +137,10 @@ def response(
         message.finish_reason = first.finish_reason
     if first.HasField("valid"):
         message.valid = first.valid
+    if first.HasField("confidence"):
+        message.confidence = first.confidence
+    if first.HasField("abstained"):
+        message.abstained = first.abstained
     match first.WhichOneof("output"):
         case "output_struct":
             message.output_struct.CopyFrom(first.output_struct)
@@ -145,6 +159,13 @@ def _choice(result: GenerationResult) -> pb.Choice:
         choice.output_struct.CopyFrom(to_struct(result.output))
     elif result.output is not None:
         choice.output_json = json.dumps(result.output)
+    if result.label is not None:
+        if result.label.confidence is not None:
+            choice.confidence = result.label.confidence
+        choice.abstained = result.label.abstained
+        choice.top_labels.extend(
+            pb.LabelProbability(label=label, probability=p) for label, p in result.label.top_labels
+        )
     return choice
 
 

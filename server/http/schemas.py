@@ -244,14 +244,36 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
 class GenerateChoice(BaseModel):
     index: int
     text: str
-    output: Any = Field(description="The parsed JSON document when a schema applies.")
+    output: Any = Field(
+        description="The parsed JSON document when a schema applies; null when it abstained."
+    )
     valid: bool | None = Field(description="Whether `output` validates; null without schema.")
     finish_reason: str | None
     logprobs: list[ChatCompletionTokenLogprob] | None = Field(
         default=None, description="Each token's log-probability (OpenAI chat's shape)."
+    )
+    confidence: float | None = Field(
+        default=None,
+        description="Of a classification task: the calibrated probability of the answered "
+        "label (null for other tasks, or a label too improbable to be scored).",
+    )
+    top_labels: list[LabelProbability] | None = Field(
+        default=None,
+        description="Of a classification task: the most probable labels, most probable first.",
+    )
+    abstained: bool | None = Field(
+        default=None,
+        description="Of a classification task: true when the confidence is below the "
+        "threshold (`abstain_below`); `output` is then null and `top_labels` say what it "
+        "hesitated between.",
     )
 
 

@@ -64,6 +64,18 @@ LABELS = Counter(
     "Labels produced per adapter, one series per label of its manifest plus __other__.",
     ["adapter", "label"],
 )
+LABEL_CONFIDENCE = Histogram(
+    "hotswap_label_confidence",
+    "Calibrated probability of the answered label, per classification task call.",
+    ["adapter", "version"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+LABEL_VERDICTS = Counter(
+    "hotswap_label_verdicts_total",
+    "Classification task calls by verdict: answered, or abstained (confidence below the "
+    "threshold). Abstain rate: abstained / all.",
+    ["adapter", "version", "verdict"],
+)
 ADAPTER_LOADS = Counter(
     "hotswap_adapter_loads_total",
     "Adapter versions loaded into the engine (promotions, rollbacks, uploads, start-up).",

@@ -1,12 +1,16 @@
-"""Labels produced per adapter and their drift against the manifest's reference distribution.
+"""Labels produced per adapter and their drift against the manifest's reference distribution
+(the adapter's own predictions on held-out data when training recorded them, else the training
+labels'); for classification tasks, the answers' confidence and its drift from the mean
+confidence on held-out data.
 
 Drift gauges are computed when Prometheus scrapes (a custom collector), not per request."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -20,6 +24,10 @@ from server.metrics.drift import (
     DriftStatus,
     ReferenceDistribution,
 )
+
+if TYPE_CHECKING:
+    from server.catalog import ServedModel
+    from server.label_scores import LabelVerdict
 
 
 def labels_of(task: TaskSpec, output: Any) -> list[str]:
@@ -39,7 +47,26 @@ class LabelTracker(Collector):
     def __init__(self, window_size: int = DEFAULT_WINDOW_SIZE) -> None:
         self._window_size = window_size
         self._monitors: dict[str, tuple[TaskSpec, DriftMonitor]] = {}
+        # adapter -> (mean confidence on held-out data, the last answers' confidences)
+        self._confidences: dict[str, tuple[float | None, deque[float]]] = {}
         self._lock = threading.Lock()
+
+    def observe_verdict(self, model: ServedModel, verdict: LabelVerdict) -> None:
+        """A classification answer's confidence and whether it abstained."""
+        version = str(model.version or "")
+        outcome = "abstained" if verdict.abstained else "answered"
+        m.LABEL_VERDICTS.labels(model.name, version, outcome).inc()
+        if verdict.confidence is None:
+            return
+        m.LABEL_CONFIDENCE.labels(model.name, version).observe(verdict.confidence)
+        calibration = model.task.calibration if model.task is not None else None
+        reference = calibration.mean_confidence if calibration is not None else None
+        with self._lock:
+            current = self._confidences.get(model.name)
+            if current is None or current[0] != reference:
+                current = (reference, deque(maxlen=self._window_size))
+                self._confidences[model.name] = current
+            current[1].append(verdict.confidence)
 
     def observe(self, adapter: str, task: TaskSpec | None, output: Any) -> None:
         if task is None:
@@ -55,12 +82,12 @@ class LabelTracker(Collector):
                 monitor.observe(label)
 
     def _monitor(self, adapter: str, task: TaskSpec) -> DriftMonitor | None:
-        reference = task.reference_distribution
+        reference = task.drift_reference
         if not reference:
             return None
         with self._lock:
             current = self._monitors.get(adapter)
-            if current is None or current[0].reference_distribution != reference:
+            if current is None or current[0].drift_reference != reference:
                 positive = {label: p for label, p in reference.items() if p > 0}
                 monitor = DriftMonitor(ReferenceDistribution(positive), self._window_size)
                 self._monitors[adapter] = (task, monitor)
@@ -100,8 +127,36 @@ class LabelTracker(Collector):
         }
         with self._lock:
             monitors = {name: monitor for name, (_, monitor) in self._monitors.items()}
+            confidences = {
+                name: (reference, sum(window) / len(window))
+                for name, (reference, window) in self._confidences.items()
+                if window
+            }
         for name, monitor in monitors.items():
             status = monitor.status()
             for key, family in families.items():
                 family.add_metric([name], float(getattr(status, key)))
         yield from families.values()
+        yield from _confidence_families(confidences)
+
+
+def _confidence_families(
+    confidences: dict[str, tuple[float | None, float]],
+) -> Iterator[GaugeMetricFamily]:
+    mean = GaugeMetricFamily(
+        "hotswap_label_confidence_mean",
+        "Mean confidence of the adapter's last classification answers (the drift window).",
+        labels=["adapter"],
+    )
+    drift = GaugeMetricFamily(
+        "hotswap_label_confidence_drift",
+        "Mean confidence on held-out data (the manifest's) minus the window's: above 0, the "
+        "adapter is less sure of live traffic than of its test set.",
+        labels=["adapter"],
+    )
+    for name, (reference, live) in confidences.items():
+        mean.add_metric([name], live)
+        if reference is not None:
+            drift.add_metric([name], reference - live)
+    yield mean
+    yield drift

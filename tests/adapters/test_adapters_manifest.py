@@ -53,6 +53,12 @@ LABELLED: dict[str, Any] = {
         ({**LABELLED, "reference_distribution": {"a": 1.0}}, "exactly one entry per label"),
         ({**LABELLED, "reference_distribution": {"a": 1.5, "b": -0.5}}, "negative probability"),
         ({**LABELLED, "reference_distribution": {"a": 0.5, "b": 0.49}}, "sum to 1"),
+        (
+            {**LABELLED, "calibration": {"predicted_distribution": {"a": 0.9}}},
+            "calibration.predicted_distribution must have exactly one entry per label",
+        ),
+        ({**LABELLED, "calibration": {"temperature": 0.0}}, "greater than 0.01"),
+        ({**LABELLED, "calibration": {"abstain_below": 1.5}}, "less than or equal to 1"),
     ],
 )
 def test_task_spec_rules(fields: dict[str, Any], message: str) -> None:

@@ -85,6 +85,8 @@ def obs_adapter(
             "labels": ["positive", "negative", "neutral"],
             "label_field": "sentiment",
             "reference_distribution": {"positive": 0.4, "negative": 0.4, "neutral": 0.2},
+            # the confidence drift gauge compares live answers with this held-out mean
+            "calibration": {"temperature": 1.0, "mean_confidence": 0.8},
         },
     }
     archive = pack_adapter(folder, root / "obs.tar.gz", manifest)

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Depends, Response
 
 from server.generation import GenerationResult, GenerationService
 from server.http.logprobs import chat_logprobs
-from server.http.schemas import AdapterRef, GenerateChoice, GenerateResponse, Usage
+from server.http.schemas import (
+    AdapterRef,
+    GenerateChoice,
+    GenerateResponse,
+    LabelProbability,
+    Usage,
+)
 from server.http.sse import grammar_headers
 from server.http.state import get_generation
 from server.requests import generation_request
@@ -47,6 +53,7 @@ async def generate(
 
 
 def _choice(result: GenerationResult, logprobs: bool) -> GenerateChoice:
+    label = result.label
     return GenerateChoice(
         index=result.index,
         text=result.text,
@@ -54,4 +61,9 @@ def _choice(result: GenerationResult, logprobs: bool) -> GenerateChoice:
         valid=result.valid,
         finish_reason=result.finish_reason,
         logprobs=chat_logprobs(result.logprobs) if logprobs else None,
+        confidence=label.confidence if label else None,
+        top_labels=[LabelProbability(label=n, probability=p) for n, p in label.top_labels]
+        if label
+        else None,
+        abstained=label.abstained if label else None,
     )
