@@ -1,6 +1,14 @@
-"""Evaluation through the serving engine: vLLM, the same constrained JSON decoding, the same
-prompt framing, greedy. Scores the adapter beside the base model zero-shot and applies the
-regression gate. Writes `report.json`, `report.md`, `confusion.csv` and `confusion.png`.
+"""Evaluation through the serving engine: vLLM, the same prompt framing, the same answers.
+Scores the adapter beside the base model zero-shot and applies the regression gate. Writes
+`report.json`, `report.md`, `confusion.csv` and `confusion.png`.
+
+A single-label classification task (`adapters.label_trie.classification_field`) is scored:
+each label's probability is read from the model's next-token log-probabilities over the trie
+of the labels' answers (`LabelSearch`, as the server computes it), the answer is the most
+probable label's, and its probability is the example's confidence (calibration error in the
+report). With a validation split, the temperature of those probabilities is fitted on it first
+(`training.calibration`). Other tasks (NLU++) are decoded greedily under the same JSON
+constraint as the server's.
 
 vLLM spawns its engine process: call `evaluate` from a function run under
 `if __name__ == "__main__":` (or a pytest fixture), never at import time.
@@ -12,15 +20,28 @@ import csv
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from adapters.document_budget import BudgetError, document_budget
 from adapters.json_grammar import structured_outputs_kwargs
+from adapters.label_trie import (
+    LabelPrefix,
+    LabelSearch,
+    LabelTrie,
+    classification_field,
+    label_answer,
+)
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec
+from training.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    predicted_distribution,
+    run_label_searches,
+)
 from training.data import Example
 from training.framing import prompt_ids
 from training.metrics import GateResult, Scores, regression_gate, score
@@ -44,6 +65,34 @@ class ModelRun(BaseModel):
     scores: Scores
     wall_s: float
     outputs: list[str]
+    confidences: list[float] | None = Field(
+        default=None, description="Scored labels: the answered label's probability, per example."
+    )
+    ece: float | None = Field(default=None, description="Expected calibration error (15 bins).")
+    temperature: float | None = Field(default=None, description="Of the label probabilities.")
+    forward_passes: int | None = Field(
+        default=None, description="Scored labels: the branching points the answers were read from."
+    )
+
+
+class CalibrationReport(BaseModel):
+    """The temperature fitted on the validation split and the calibration error it leaves."""
+
+    temperature: float
+    validation_examples: int
+    validation_passes: int = Field(description="Forward passes: every branching point, each.")
+    fit_wall_s: float = Field(description="Scoring the validation split and fitting.")
+    val_ece_uncalibrated: float
+    val_ece_calibrated: float
+    test_ece_uncalibrated: float
+    test_ece_calibrated: float
+    test_accuracy_uncalibrated: float
+    uncalibrated_wall_s: float
+    uncalibrated_passes: int
+    predicted_distribution: dict[str, float] = Field(
+        description="Calibrated predictions' label frequencies on the test split, smoothed."
+    )
+    mean_confidence: float = Field(description="Calibrated, on the test split.")
 
 
 class EvalReport(BaseModel):
@@ -55,6 +104,7 @@ class EvalReport(BaseModel):
     base_run: ModelRun | None
     gate: GateResult
     previous: Scores | None = None
+    calibration: CalibrationReport | None = None
 
     @property
     def passed(self) -> bool:
@@ -100,7 +150,6 @@ class Engine:
     ) -> list[str]:
         """Greedy, schema-constrained answers for `texts` (adapter or base model)."""
         from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
 
         params = SamplingParams(
@@ -112,15 +161,61 @@ class Engine:
             if spec.output_schema
             else None,
         )
-        lora = None
-        if adapter_dir is not None:
-            lora = LoRARequest(f"eval-{self._next_lora_id}", self._next_lora_id, str(adapter_dir))
-            self._next_lora_id += 1
         prompts = [
             TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, spec, t)) for t in texts
         ]
-        results = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        results = self.llm.generate(
+            prompts, params, lora_request=self._lora(adapter_dir), use_tqdm=False
+        )
         return [r.outputs[0].text for r in results]
+
+    def label_searches(
+        self,
+        spec: TaskSpec,
+        texts: Sequence[str],
+        searches: Sequence[LabelSearch],
+        *,
+        adapter_dir: Path | None,
+        full: bool = False,
+    ) -> int:
+        """Run `searches` (one per text) to the end, or expand every branching point (`full`).
+        Each round is one `generate` call with one request per pending (text, branching
+        point): the prompt then the point's tokens, one token, the log-probabilities of the
+        point's children. Returns the number of forward passes."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import SamplingParams
+
+        prompts = [prompt_ids(self.tokenizer, spec, t) for t in texts]
+        lora = self._lora(adapter_dir)
+
+        def forward(batch: Sequence[tuple[int, LabelPrefix]]) -> list[dict[int, float]]:
+            children = [searches[i].trie.children(node) for i, node in batch]
+            results = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=[*prompts[i], *node]) for i, node in batch],
+                [
+                    SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(ids))
+                    for ids in children
+                ],
+                lora_request=lora,
+                use_tqdm=False,
+            )
+            return [
+                _children_logprobs(r.outputs[0].logprobs, ids)
+                for r, ids in zip(results, children, strict=True)
+            ]
+
+        return run_label_searches(searches, forward, full=full)
+
+    def _lora(self, adapter_dir: Path | None) -> Any:
+        """A fresh LoRARequest for `adapter_dir` (None: the base model). A new id per call, so
+        an adapter folder rewritten between calls is loaded again."""
+        from vllm.lora.request import LoRARequest
+
+        if adapter_dir is None:
+            return None
+        lora = LoRARequest(f"eval-{self._next_lora_id}", self._next_lora_id, str(adapter_dir))
+        self._next_lora_id += 1
+        return lora
 
     def close(self) -> None:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -129,19 +224,15 @@ class Engine:
         cleanup_dist_env_and_memory()
 
 
-def _run(
-    engine: Engine,
-    name: str,
-    spec: TaskSpec,
-    examples: Sequence[Example],
-    adapter_dir: Path | None,
-    max_tokens: int,
+def _children_logprobs(logprobs: Any, ids: Sequence[int]) -> dict[int, float]:
+    """The log-probabilities vLLM reported for `ids` at the one generated position."""
+    position: Mapping[int, Any] = logprobs[0] if logprobs else {}
+    return {i: position[i].logprob for i in ids if i in position}
+
+
+def _scored(
+    name: str, spec: TaskSpec, examples: Sequence[Example], outputs: list[str], wall: float
 ) -> ModelRun:
-    started = time.monotonic()
-    outputs = engine.generate(
-        spec, [ex.text for ex in examples], adapter_dir=adapter_dir, max_tokens=max_tokens
-    )
-    wall = time.monotonic() - started
     labels = spec.labels or []
     field = spec.label_field or ""
     single = bool(spec.output_schema) and (
@@ -156,6 +247,111 @@ def _run(
         single_label=single,
     )
     return ModelRun(model=name, scores=scores, wall_s=wall, outputs=outputs)
+
+
+def _generated_run(
+    engine: Engine,
+    name: str,
+    spec: TaskSpec,
+    examples: Sequence[Example],
+    adapter_dir: Path | None,
+    max_tokens: int,
+) -> ModelRun:
+    started = time.monotonic()
+    outputs = engine.generate(
+        spec, [ex.text for ex in examples], adapter_dir=adapter_dir, max_tokens=max_tokens
+    )
+    return _scored(name, spec, examples, outputs, time.monotonic() - started)
+
+
+def _confidences(
+    field: str, examples: Sequence[Example], searches: Sequence[LabelSearch]
+) -> tuple[list[str], list[float], float]:
+    """Each search's best label and its probability, and their calibration error."""
+    best = [s.distribution().best for s in searches]
+    correct = [label == ex.target.get(field) for (label, _), ex in zip(best, examples, strict=True)]
+    confidences = [p for _, p in best]
+    return (
+        [label for label, _ in best],
+        confidences,
+        expected_calibration_error(confidences, correct),
+    )
+
+
+def _search_run(
+    engine: Engine,
+    name: str,
+    spec: TaskSpec,
+    field: str,
+    searches: Sequence[LabelSearch],
+    examples: Sequence[Example],
+    adapter_dir: Path | None,
+) -> ModelRun:
+    """Score `examples` by running `searches` (one each) to the end."""
+    started = time.monotonic()
+    engine.label_searches(spec, [ex.text for ex in examples], searches, adapter_dir=adapter_dir)
+    wall = time.monotonic() - started
+    predicted, confidences, ece = _confidences(field, examples, searches)
+    run = _scored(name, spec, examples, [label_answer(field, p) for p in predicted], wall)
+    return run.model_copy(
+        update={
+            "confidences": confidences,
+            "ece": ece,
+            "temperature": searches[0].temperature if searches else None,
+            "forward_passes": sum(len(s.known) for s in searches),
+        }
+    )
+
+
+def _calibrated_run(
+    engine: Engine,
+    name: str,
+    spec: TaskSpec,
+    field: str,
+    trie: LabelTrie,
+    test: Sequence[Example],
+    validation: Sequence[Example],
+    adapter_dir: Path,
+) -> tuple[ModelRun, CalibrationReport]:
+    """Fit the temperature on `validation` (every branching point scored), then search `test`
+    at temperature 1 and at the fitted one. The second search starts from the branching points
+    the first expanded; its wall time and forward passes include the first's."""
+    started = time.monotonic()
+    fitted = [LabelSearch(trie) for _ in validation]
+    texts = [ex.text for ex in validation]
+    passes = engine.label_searches(spec, texts, fitted, adapter_dir=adapter_dir, full=True)
+    truths = [trie.labels.index(str(ex.target.get(field))) for ex in validation]
+    temperature = fit_temperature(trie, [(s.known, t) for s, t in zip(fitted, truths, strict=True)])
+    fit_wall = time.monotonic() - started
+
+    def val_ece(t: float) -> float:
+        return _confidences(
+            field, validation, [LabelSearch(trie, t, known=s.known) for s in fitted]
+        )[2]
+
+    raw_searches = [LabelSearch(trie) for _ in test]
+    raw = _search_run(engine, name, spec, field, raw_searches, test, adapter_dir)
+    searches = [LabelSearch(trie, temperature, known=dict(s.known)) for s in raw_searches]
+    run = _search_run(engine, name, spec, field, searches, test, adapter_dir)
+    run = run.model_copy(update={"wall_s": run.wall_s + raw.wall_s})
+    assert raw.ece is not None and run.ece is not None and run.confidences is not None
+    predicted = [s.distribution().best[0] for s in searches]
+    report = CalibrationReport(
+        temperature=temperature,
+        validation_examples=len(validation),
+        validation_passes=passes,
+        fit_wall_s=fit_wall,
+        val_ece_uncalibrated=val_ece(1.0),
+        val_ece_calibrated=val_ece(temperature),
+        test_ece_uncalibrated=raw.ece,
+        test_ece_calibrated=run.ece,
+        test_accuracy_uncalibrated=raw.scores.accuracy,
+        uncalibrated_wall_s=raw.wall_s,
+        uncalibrated_passes=raw.forward_passes or 0,
+        predicted_distribution=predicted_distribution(predicted, trie.labels),
+        mean_confidence=sum(run.confidences) / len(run.confidences),
+    )
+    return run, report
 
 
 def schema_max_tokens(spec: TaskSpec) -> int:
@@ -182,6 +378,47 @@ def read_manifest(adapter_dir: Path) -> AdapterManifest:
     return AdapterManifest.model_validate_json(path.read_text())
 
 
+BASE_RUN = "base (zero-shot)"
+
+
+def _runs(
+    engine: Engine,
+    manifest: AdapterManifest,
+    adapter_dir: Path,
+    test: Sequence[Example],
+    validation: Sequence[Example],
+    compare_base: bool,
+    max_tokens: int,
+) -> tuple[ModelRun, ModelRun | None, CalibrationReport | None]:
+    """The adapter's run, the base model's, and the calibration (fitted when `validation`)."""
+    spec = manifest.task
+    field = classification_field(spec.output_schema, spec.labels)
+    if field is None:
+        adapter_run = _generated_run(engine, manifest.name, spec, test, adapter_dir, max_tokens)
+        base_run = (
+            _generated_run(engine, BASE_RUN, spec, test, None, max_tokens) if compare_base else None
+        )
+        return adapter_run, base_run, None
+    try:
+        trie = LabelTrie.build(engine.tokenizer, field, spec.labels or [])
+    except ValueError as exc:
+        raise EvalError(f"the task's labels cannot be scored: {exc}") from exc
+    calibration = None
+    if validation:
+        adapter_run, calibration = _calibrated_run(
+            engine, manifest.name, spec, field, trie, test, validation, adapter_dir
+        )
+    else:
+        temperature = spec.calibration.temperature if spec.calibration else 1.0
+        searches = [LabelSearch(trie, temperature) for _ in test]
+        adapter_run = _search_run(engine, manifest.name, spec, field, searches, test, adapter_dir)
+    base_run = None
+    if compare_base:
+        searches = [LabelSearch(trie) for _ in test]
+        base_run = _search_run(engine, BASE_RUN, spec, field, searches, test, None)
+    return adapter_run, base_run, calibration
+
+
 def evaluate(
     adapter_dir: Path,
     test_data: Sequence[Example],
@@ -193,12 +430,16 @@ def evaluate(
     max_tokens: int | None = None,
     engine: Engine | None = None,
     write: bool = True,
+    validation: Sequence[Example] | None = None,
 ) -> EvalReport:
     """Score the adapter in `adapter_dir` (with its `hotswap.json`) on `test_data`.
 
     `previous_report` is the `report.json` of an earlier adapter on the same test set; the
     gate compares against it. An `engine` may be shared between calls (tests, benchmarks);
     otherwise one is started and stopped here. Writes the reports into `adapter_dir`.
+    For a classification task, `validation` (examples the adapter was not trained on) is what
+    the temperature of its label probabilities is fitted on (`report.calibration`); without
+    it the manifest's calibration temperature, else 1, is used.
     """
     manifest = read_manifest(adapter_dir)
     spec = manifest.task
@@ -209,11 +450,8 @@ def evaluate(
     own = engine is None
     engine = engine or Engine(base_dir)
     try:
-        adapter_run = _run(engine, manifest.name, spec, test_data, adapter_dir, max_tokens)
-        base_run = (
-            _run(engine, "base (zero-shot)", spec, test_data, None, max_tokens)
-            if compare_base
-            else None
+        adapter_run, base_run, calibration = _runs(
+            engine, manifest, adapter_dir, test_data, validation or [], compare_base, max_tokens
         )
     finally:
         if own:
@@ -237,6 +475,7 @@ def evaluate(
         base_run=base_run,
         gate=verdict,
         previous=previous,
+        calibration=calibration,
     )
     if write:
         write_report(report, adapter_dir)
@@ -255,6 +494,15 @@ def headline_metrics(report: EvalReport) -> dict[str, float]:
     if report.base_run is not None:
         out["base_test_accuracy"] = report.base_run.scores.accuracy
         out["base_test_macro_f1"] = report.base_run.scores.macro_f1
+    c = report.calibration
+    if c is not None:  # only what was measured: no validation split, no calibration figures
+        out |= {
+            "calibration_temperature": c.temperature,
+            "val_ece_uncalibrated": c.val_ece_uncalibrated,
+            "val_ece_calibrated": c.val_ece_calibrated,
+            "test_ece_uncalibrated": c.test_ece_uncalibrated,
+            "test_ece_calibrated": c.test_ece_calibrated,
+        }
     return out
 
 
@@ -307,15 +555,17 @@ def render_markdown(report: EvalReport) -> str:
     lines += [f"- {reason}" for reason in report.gate.reasons]
     lines += [
         "",
-        "| model | validity | accuracy | macro-F1 | micro-F1 | wall s |",
-        "|---|---|---|---|---|---|",
+        "| model | validity | accuracy | macro-F1 | micro-F1 | ECE | wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         s = run.scores
+        ece = "-" if run.ece is None else f"{run.ece:.3f}"
         lines.append(
             f"| {run.model} | {s.validity:.3f} | {s.accuracy:.3f} | {s.macro_f1:.3f} | "
-            f"{s.micro_f1:.3f} | {run.wall_s:.1f} |"
+            f"{s.micro_f1:.3f} | {ece} | {run.wall_s:.1f} |"
         )
+    lines += _calibration_lines(report)
     s = report.adapter_run.scores
     if s.field_exact_match:
         lines += ["", "Field-level exact match: " + json.dumps(s.field_exact_match)]
@@ -323,6 +573,35 @@ def render_markdown(report: EvalReport) -> str:
     for label, c in s.per_class.items():
         lines.append(f"| {label} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |")
     return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(report: EvalReport) -> list[str]:
+    """How the label probabilities were read: scored answers, temperature, calibration error."""
+    run, c = report.adapter_run, report.calibration
+    if run.confidences is None:
+        return []
+    lines = [
+        "",
+        f"Answers scored from label probabilities (ECE: expected calibration error, 15 bins; "
+        f"mean confidence {sum(run.confidences) / len(run.confidences):.3f}; the adapter's "
+        f"answers took {run.forward_passes} forward passes).",
+    ]
+    if c is None:
+        return [*lines, f"Temperature {run.temperature:g} (not fitted in this evaluation)."]
+    return [
+        *lines,
+        "",
+        f"Temperature **{c.temperature:.3f}**, fitted on {c.validation_examples} validation "
+        f"examples ({c.validation_passes} forward passes, {c.fit_wall_s:.1f} s).",
+        "",
+        "| split | ECE at temperature 1 | ECE calibrated |",
+        "|---|---|---|",
+        f"| validation | {c.val_ece_uncalibrated:.3f} | {c.val_ece_calibrated:.3f} |",
+        f"| test | {c.test_ece_uncalibrated:.3f} | {c.test_ece_calibrated:.3f} |",
+        "",
+        f"Test accuracy at temperature 1: {c.test_accuracy_uncalibrated:.3f} "
+        f"({c.uncalibrated_passes} forward passes, {c.uncalibrated_wall_s:.1f} s).",
+    ]
 
 
 def load_report(path: Path) -> EvalReport:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from adapters.manifest import MANIFEST_FILE, AdapterManifest, TrainingInfo
+from adapters.manifest import MANIFEST_FILE, AdapterManifest, Calibration, TrainingInfo
 from adapters.validation import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 PACKAGED_FILES = (
@@ -29,8 +29,10 @@ def update_manifest(
     *,
     metrics: dict[str, float] | None = None,
     base_fingerprint: str | None = None,
+    calibration: Calibration | None = None,
 ) -> AdapterManifest:
-    """Add evaluation metrics and/or the base fingerprint to `hotswap.json`."""
+    """Add evaluation metrics, the base fingerprint and/or the task's label calibration to
+    `hotswap.json`."""
     path = adapter_dir / MANIFEST_FILE
     manifest = AdapterManifest.model_validate_json(path.read_text())
     training = manifest.training or TrainingInfo()
@@ -39,6 +41,8 @@ def update_manifest(
     update: dict[str, object] = {"training": training}
     if base_fingerprint is not None:
         update["base_model"] = base_fingerprint
+    if calibration is not None:
+        update["task"] = manifest.task.model_copy(update={"calibration": calibration})
     manifest = manifest.model_copy(update=update)
     AdapterManifest.model_validate(manifest.model_dump())  # re-check the whole manifest
     path.write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")

@@ -14,8 +14,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from adapters.fingerprint import model_fingerprint
-from training.data import prepare_data
-from training.evaluate import EvalReport, evaluate, headline_metrics
+from adapters.label_trie import classification_field
+from adapters.manifest import Calibration
+from training.data import PreparedData, prepare_data
+from training.evaluate import Engine, EvalReport, evaluate, headline_metrics
 from training.package import package, update_manifest
 from training.recipe import Recipe
 from training.train import TrainResult, base_model_dir, train
@@ -59,15 +61,43 @@ def run_recipe(
         trained.s_per_step,
         trained.tokens_per_s,
     )
+    return finish_run(
+        recipe, prepared, trained, out_dir, base_dir=base, previous_report=previous_report
+    )
+
+
+def finish_run(
+    recipe: Recipe,
+    prepared: PreparedData,
+    trained: TrainResult,
+    out_dir: Path,
+    *,
+    base_dir: Path,
+    previous_report: Path | None = None,
+    engine: Engine | None = None,
+) -> PipelineResult:
+    """Evaluate the trained adapter (a classifier's label probabilities calibrated on the
+    validation split), stamp the metrics and calibration into its manifest, package it.
+    `engine` may be shared (tests); otherwise evaluation starts its own."""
     test = prepared.splits["test"][: recipe.eval.max_examples]
+    validation = prepared.splits.get("validation") or []
+    spec = prepared.spec
+    classifier = classification_field(spec.output_schema, spec.labels) is not None
+    if classifier and not validation:
+        logger.warning(
+            "no validation split: label probabilities are not calibrated (temperature 1, "
+            "no calibration figures, the labels' distribution as drift reference)"
+        )
     report = evaluate(
         trained.adapter_dir,
         test,
-        base_dir=base,
+        base_dir=base_dir,
         gate=recipe.eval.gate,
         previous_report=previous_report,
         compare_base=recipe.eval.compare_base,
         max_tokens=recipe.eval.max_tokens,
+        engine=engine,
+        validation=validation,
     )
     metrics = {
         **headline_metrics(report),
@@ -76,10 +106,31 @@ def run_recipe(
     }
     if trained.best_eval_loss is not None:  # no validation loss measured: no figure
         metrics["best_eval_loss"] = trained.best_eval_loss
-    update_manifest(trained.adapter_dir, metrics=metrics)
+    # Without a fit, only the recipe's abstention threshold is written (temperature 1).
+    calibration = (
+        Calibration(abstain_below=recipe.eval.abstain_below)
+        if classifier and recipe.eval.abstain_below is not None
+        else None
+    )
+    if (fitted := report.calibration) is not None:
+        logger.info(
+            "calibration: temperature %.3f; ECE validation %.3f -> %.3f, test %.3f -> %.3f",
+            fitted.temperature,
+            fitted.val_ece_uncalibrated,
+            fitted.val_ece_calibrated,
+            fitted.test_ece_uncalibrated,
+            fitted.test_ece_calibrated,
+        )
+        calibration = Calibration(
+            temperature=fitted.temperature,
+            abstain_below=recipe.eval.abstain_below,
+            predicted_distribution=fitted.predicted_distribution,
+            mean_confidence=fitted.mean_confidence,
+        )
+    update_manifest(trained.adapter_dir, metrics=metrics, calibration=calibration)
     archive = package(
         trained.adapter_dir,
         out_dir / f"{recipe.name}.tar.gz",
-        base_fingerprint=model_fingerprint(base),
+        base_fingerprint=model_fingerprint(base_dir),
     )
     return PipelineResult(train=trained, report=report, archive=archive)

@@ -189,6 +189,13 @@ class EvalConfig(BaseModel):
     )
     max_examples: int | None = Field(default=None, gt=0, description="Cap the test set.")
     compare_base: bool = Field(default=True, description="Also score the base model zero-shot.")
+    abstain_below: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Classification: the served adapter abstains when its calibrated "
+        "confidence is below this (written into the manifest's calibration); None: never.",
+    )
     gate: GateConfig = Field(default_factory=GateConfig)
 
 

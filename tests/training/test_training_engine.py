@@ -1,9 +1,11 @@
 """The whole path on the demo set: training measurably beats the base model zero-shot when
-both are scored through the serving engine (vLLM, constrained JSON, same framing)."""
+both are scored through the serving engine (vLLM, label probabilities read as served, same
+framing), and the temperature fitted on the validation split lowers the calibration error."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +15,9 @@ from adapters.base_spec import spec_from_hf_config
 from adapters.fingerprint import model_fingerprint
 from adapters.registry import AdapterRegistry
 from training.data import PreparedData, prepare_data
-from training.evaluate import Engine, evaluate, headline_metrics
-from training.package import package, update_manifest
+from training.evaluate import Engine, evaluate, schema_max_tokens
+from training.metrics import score
+from training.pipeline import finish_run
 from training.recipe import REPO_ROOT, Recipe, load_recipe
 from training.train import TrainResult, train
 
@@ -61,14 +64,10 @@ def test_training_beats_the_base_model(
     tmp_path: Path,
 ) -> None:
     assert trained.steps > 0 and trained.best_eval_loss is not None
-    report = evaluate(
-        trained.adapter_dir,
-        prepared.splits["test"],
-        base_dir=base_model_path,
-        gate=recipe.eval.gate,
-        engine=engine,
-        max_tokens=recipe.eval.max_tokens,
+    result = finish_run(
+        recipe, prepared, trained, tmp_path, base_dir=base_model_path, engine=engine
     )
+    report = result.report
     tuned, base = report.adapter_run.scores, report.base_run.scores if report.base_run else None
     assert base is not None
     assert tuned.validity == 1.0 and base.validity == 1.0
@@ -77,7 +76,46 @@ def test_training_beats_the_base_model(
     for name in ("report.md", "report.json", "confusion.csv", "confusion.png"):
         assert (trained.adapter_dir / name).is_file()
 
-    # A second evaluation gated against the first: same adapter, no regression.
+    # Label probabilities: confidences are probabilities, and the temperature fitted on the
+    # validation split lowers the test split's calibration error.
+    calibration = report.calibration
+    assert calibration is not None
+    print(f"\ncalibration: {calibration.model_dump_json()}")
+    print(f"adapter run: {report.adapter_run.model_dump_json(exclude={'scores', 'outputs'})}")
+    for run in (report.adapter_run, report.base_run):
+        assert run is not None and run.confidences is not None and run.ece is not None
+        assert all(0.0 < p <= 1.0 for p in run.confidences)
+    assert calibration.validation_examples == len(prepared.splits["validation"])
+    assert calibration.test_ece_calibrated < calibration.test_ece_uncalibrated, calibration
+    markdown = (trained.adapter_dir / "report.md").read_text()
+    for ece in (calibration.val_ece_uncalibrated, calibration.test_ece_calibrated):
+        assert f"{ece:.3f}" in markdown
+
+    # Scoring answers the label greedy constrained decoding answers, nearly always.
+    spec = prepared.spec
+    texts = [ex.text for ex in prepared.splits["test"]]
+    started = time.monotonic()
+    greedy = engine.generate(
+        spec, texts, adapter_dir=trained.adapter_dir, max_tokens=schema_max_tokens(spec)
+    )
+    greedy_s = time.monotonic() - started
+    greedy_scores = score(
+        greedy,
+        [ex.target for ex in prepared.splits["test"]],
+        schema=spec.output_schema,
+        labels=spec.labels or [],
+        label_field=spec.label_field or "",
+        single_label=True,
+    )
+    print(
+        f"greedy accuracy {greedy_scores.accuracy:.3f} in {greedy_s:.1f} s; scored "
+        f"{tuned.accuracy:.3f} (temperature 1: {calibration.test_accuracy_uncalibrated:.3f})"
+    )
+    pairs = zip(greedy, report.adapter_run.outputs, strict=True)
+    agree = sum(a == b for a, b in pairs)
+    assert agree >= 0.9 * len(greedy), agree
+
+    # A second evaluation gated against the first reads the manifest's temperature.
     again = evaluate(
         trained.adapter_dir,
         prepared.splits["test"],
@@ -89,20 +127,29 @@ def test_training_beats_the_base_model(
         write=False,
     )
     assert again.passed, again.gate.reasons
+    assert again.calibration is None
+    assert again.adapter_run.temperature == calibration.temperature
     # vLLM is not bitwise reproducible across runs on CPU (the second run hits the prefix cache
     # and batches differently), so a near-tie may flip: CI saw 1 of 56 differ.
     pairs = zip(again.adapter_run.outputs, report.adapter_run.outputs, strict=True)
     same = sum(a == b for a, b in pairs)
     assert same >= 0.95 * len(report.adapter_run.outputs), same
 
-    update_manifest(trained.adapter_dir, metrics=headline_metrics(report))
     fingerprint = model_fingerprint(base_model_path)
-    archive = package(trained.adapter_dir, tmp_path / "demo.tar.gz", base_fingerprint=fingerprint)
-    spec = spec_from_hf_config(base_model_path, fingerprint=fingerprint, max_lora_rank=16)
-    registry = AdapterRegistry(tmp_path / "home", spec)
+    spec_of_base = spec_from_hf_config(base_model_path, fingerprint=fingerprint, max_lora_rank=16)
+    registry = AdapterRegistry(tmp_path / "home", spec_of_base)
     try:
-        stored = registry.register(archive).manifest
+        stored = registry.register(result.archive).manifest
         assert stored.training is not None
-        assert stored.training.metrics["test_accuracy"] == tuned.accuracy
+        metrics = stored.training.metrics
+        assert metrics["test_accuracy"] == tuned.accuracy
+        assert metrics["calibration_temperature"] == calibration.temperature
+        assert metrics["test_ece_calibrated"] == calibration.test_ece_calibrated
+        assert metrics["val_ece_uncalibrated"] == calibration.val_ece_uncalibrated
+        written = stored.task.calibration
+        assert written is not None and written.temperature == calibration.temperature
+        assert written.abstain_below == recipe.eval.abstain_below
+        assert written.predicted_distribution == calibration.predicted_distribution
+        assert stored.task.drift_reference == calibration.predicted_distribution
     finally:
         registry.close()
