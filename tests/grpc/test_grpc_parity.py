@@ -91,6 +91,13 @@ def _choice_dict(message: pb.GenerateResponse | pb.Choice, index: int) -> dict[s
         "valid": message.valid if message.HasField("valid") else None,
         "finish_reason": message.finish_reason if message.HasField("finish_reason") else None,
         "logprobs": None,
+        "confidence": message.confidence if message.HasField("confidence") else None,
+        "top_labels": [
+            {"label": entry.label, "probability": entry.probability} for entry in message.top_labels
+        ]
+        if message.HasField("abstained")
+        else None,
+        "abstained": message.abstained if message.HasField("abstained") else None,
     }
 
 
