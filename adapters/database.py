@@ -2,8 +2,9 @@
 
 One schema and one code path for both. SQLite (a file next to the blobs) is the embedded
 default; PostgreSQL, named by a URL, lets replicas on several machines share one registry.
-The tables are exactly those the SQLite-only store created, so registries written before
-SQLAlchemy open unchanged.
+The first three tables are exactly those the SQLite-only store created, so registries
+written before SQLAlchemy open unchanged; `rollouts` and `rollout_events` (safe rollouts of
+versions, `adapters/rollouts.py`) are created in older databases when they next open.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     Table,
@@ -28,6 +31,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -61,6 +65,43 @@ promotions = Table(
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("name", Text, nullable=False),
     Column("version", Integer, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", Text, ForeignKey("names.name"), nullable=False),
+    Column("candidate", Integer, nullable=False),  # the version on trial
+    Column("baseline", Integer, nullable=False),  # the version promoted when it started
+    Column("mode", Text, nullable=False),  # canary | shadow
+    Column("percent", Float, nullable=False),  # canary share of the name's requests; 0: shadow
+    Column("gates", Text, nullable=False),  # JSON, as the server validated them
+    Column("state", Text, nullable=False),  # active | promoted | rolled_back | aborted
+    Column("started_at", Text, nullable=False),
+    Column("ended_at", Text),
+    Column("reason", Text),  # why it ended
+    # at most one active rollout per name, enforced by the database itself
+    Index(
+        "rollouts_one_active",
+        "name",
+        unique=True,
+        sqlite_where=text("state = 'active'"),
+        postgresql_where=text("state = 'active'"),
+    ),
+    sqlite_autoincrement=True,
+)
+
+rollout_events = Table(
+    "rollout_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", Integer, ForeignKey("rollouts.id"), nullable=False, index=True),
+    Column("at", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # started | promoted | rolled_back | aborted
+    Column("reason", Text, nullable=False),
+    Column("figures", Text, nullable=False),  # JSON: the comparison behind the transition
     sqlite_autoincrement=True,
 )
 
@@ -109,7 +150,9 @@ def open_database(url: URL, *, autocommit: bool = False) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the tables that do not exist yet (call under `writer_lock`)."""
+    """Create the tables (and their indexes) that do not exist yet (call under
+    `writer_lock`). This is the migration of a registry written before a table existed:
+    `rollouts` and `rollout_events` are added to older databases the first time they open."""
     metadata.create_all(engine, checkfirst=True)
 
 

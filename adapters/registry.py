@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from adapters.archive import ArchiveLimits, extract_archive
 from adapters.base_spec import BaseModelSpec
-from adapters.errors import AdapterNotFound
+from adapters.database import database_url as registry_database_url
+from adapters.errors import AdapterConflict, AdapterNotFound
 from adapters.manifest import MAX_VERSION, AdapterManifest
+from adapters.rollouts import Rollout, RolloutMode, RolloutState, RolloutStore
 from adapters.store import AdapterDetail, AdapterStore, AdapterVersion, compute_digest
 from adapters.validation import SchemaCheck, validate_adapter
 
@@ -71,13 +74,16 @@ class AdapterRegistry:
         """`database_url`: SQLAlchemy URL of the metadata database (sqlite or postgresql),
         default SQLite in the store folder; `store_dir`: the adapter files (and default
         database), default `home/adapters`."""
-        self._store = AdapterStore(store_dir or home / "adapters", database_url)
+        root = store_dir or home / "adapters"
+        self._store = AdapterStore(root, database_url)  # creates every table first
+        self._rollouts = RolloutStore(registry_database_url(database_url, root / "registry.db"))
         self._base = base
         self._limits = limits or ArchiveLimits()
         self._schema_check = schema_check
 
     def close(self) -> None:
-        """Release the database connection; the registry is unusable afterwards."""
+        """Release the database connections; the registry is unusable afterwards."""
+        self._rollouts.close()
         self._store.close()
 
     def register(
@@ -155,22 +161,34 @@ class AdapterRegistry:
         return found
 
     def promote(self, name: str, version: int) -> AdapterVersion:
-        """Serve `version` when requests name the adapter without a version."""
+        """Serve `version` when requests name the adapter without a version. A rollout of the
+        name ends with it, in the same transaction: `promoted` when `version` is its
+        candidate, else `aborted`."""
         with self._store.locked():
             promoted = self.get_version(name, version)
-            self._store.promote(name, version)
+            active = self._rollouts.active(name)
+            if active is None:
+                self._store.promote(name, version)
+            else:
+                state = (
+                    RolloutState.PROMOTED if version == active.candidate else RolloutState.ABORTED
+                )
+                reason = f"{name}@{version} promoted by hand"
+                self._rollouts.finish(active.id, state, reason, {}, promote=version)
         return promoted
 
     def rollback_target(self, name: str) -> AdapterVersion:
-        """The version `rollback` would promote now (so a server can load it first)."""
+        """The version `rollback` would promote now (so a server can load it first);
+        AdapterConflict while a rollout of the name runs."""
         self.get(name)
+        self._no_rollout(name, "roll back")
         return self.get_version(name, self._store.rollback_target(name))
 
     def rollback(self, name: str) -> AdapterVersion:
         """Promote again the version that was promoted before the current one.
 
         Raises AdapterConflict when there is none (e.g. only the first version was ever
-        promoted, or the earlier ones were deleted).
+        promoted, or the earlier ones were deleted), or while a rollout of the name runs.
         """
         with self._store.locked():
             target = self.rollback_target(name)
@@ -179,13 +197,81 @@ class AdapterRegistry:
 
     def delete(self, name: str, version: int) -> None:
         """Delete a version, quarantined ones included; AdapterConflict if it is the
-        promoted one."""
+        promoted one or on trial in a rollout."""
         _check_version(version)
         with self._store.locked():
+            active = self._rollouts.active(name)
+            if active is not None and version == active.candidate:
+                raise AdapterConflict(
+                    f"{name}@{version} is on trial in rollout {active.id}; abort it first"
+                )
             stored = self._store.get_version(name, version)
             if stored is None and self._store.quarantine_reason(name, version) is None:
                 self.get_version(name, version)  # raises the not-found message
             self._store.delete(name, version)
+
+    def start_rollout(
+        self,
+        name: str,
+        version: int,
+        mode: RolloutMode,
+        percent: float,
+        gates: dict[str, Any],
+    ) -> Rollout:
+        """Put `name@version` on trial against the promoted version (`gates` as the server
+        validated them, stored with the rollout). AdapterConflict when nothing readable is
+        promoted, when `version` is the promoted one, or when a rollout of the name runs."""
+        with self._store.locked():
+            self.get_version(name, version)
+            detail = self.get(name)
+            baseline = detail.promoted_version
+            if baseline is None or baseline in detail.quarantined:
+                raise AdapterConflict(
+                    f"adapter {name!r} has no servable promoted version to compare with; "
+                    f"promote {name}@{version} directly instead"
+                )
+            if baseline == version:
+                raise AdapterConflict(f"{name}@{version} is already the promoted version")
+            return self._rollouts.start(name, version, baseline, mode, percent, gates)
+
+    def active_rollout(self, name: str) -> Rollout | None:
+        """The rollout of `name` running now, as the database holds it (one query)."""
+        return self._rollouts.active(name)
+
+    def rollouts(self, name: str) -> list[Rollout]:
+        """Every rollout of `name`, oldest first, with its transitions."""
+        self.get(name)  # AdapterNotFound naming what exists
+        return self._rollouts.of_name(name)
+
+    def finish_rollout(
+        self, rollout: Rollout, state: RolloutState, reason: str, figures: dict[str, Any]
+    ) -> bool:
+        """End `rollout` in `state` (`promoted` promotes its candidate in the same
+        transaction); False when it had already ended (the first decision wins)."""
+        promote = rollout.candidate if state is RolloutState.PROMOTED else None
+        with self._store.locked():
+            return self._rollouts.finish(rollout.id, state, reason, figures, promote=promote)
+
+    def end_rollout(self, name: str, state: RolloutState, reason: str) -> Rollout:
+        """A person ends the active rollout of `name` (`promoted` or `aborted`); returns it
+        as ended. AdapterConflict when none is active."""
+        with self._store.locked():
+            active = self._rollouts.active(name)
+            if active is None:
+                self.get(name)
+                raise AdapterConflict(f"adapter {name!r} has no active rollout")
+            promote = active.candidate if state is RolloutState.PROMOTED else None
+            self._rollouts.finish(active.id, state, reason, {}, promote=promote)
+        (ended,) = [r for r in self._rollouts.of_name(name) if r.id == active.id]
+        return ended
+
+    def _no_rollout(self, name: str, change: str) -> None:
+        active = self._rollouts.active(name)
+        if active is not None:
+            raise AdapterConflict(
+                f"cannot {change} {name!r} while rollout {active.id} of version "
+                f"{active.candidate} runs; promote or abort the rollout first"
+            )
 
     def resolve(self, ref: str) -> ResolvedAdapter:
         """`name` (its promoted version) or `name@version` (pinned) to what the engine loads."""

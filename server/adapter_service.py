@@ -10,11 +10,14 @@ from pathlib import Path
 
 from adapters.errors import AdapterError, AdapterRejected
 from adapters.registry import AdapterRegistry, AdapterSummary, RegisterResult
+from adapters.rollouts import Rollout, RolloutMode, RolloutState
 from adapters.store import AdapterDetail, AdapterVersion
 from server.catalog import lora_target
 from server.engine import Engine
 from server.errors import HotswapError
 from server.metrics import instruments as m
+from server.rollouts.gates import Gates
+from server.rollouts.tracker import log_transition, show_state
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +71,64 @@ class AdapterService:
         return await asyncio.to_thread(self._registry.get_version, name, version)
 
     async def promote(self, name: str, version: int) -> AdapterVersion:
-        """Load `name@version`, then make it the version the bare name serves."""
+        """Load `name@version`, then make it the version the bare name serves. A rollout of
+        the name ends with it: promoted if `version` is its candidate, else aborted."""
         async with self._changes:
             await self._load(await self.get_version(name, version))
+            active = await asyncio.to_thread(self._registry.active_rollout, name)
             promoted = await asyncio.to_thread(self._registry.promote, name, version)
         m.ADAPTER_SWAPS.labels(name, "promote").inc()
         logger.info("Promoted %s@%d", name, version)
+        if active is not None:
+            state = RolloutState.PROMOTED if version == active.candidate else RolloutState.ABORTED
+            self._ended_by_hand(active, state, f"{name}@{version} promoted by hand")
         return promoted
+
+    async def start_rollout(
+        self, name: str, version: int, mode: RolloutMode, percent: float, gates: Gates
+    ) -> Rollout:
+        """Load `name@version`, then put it on trial against the promoted version: a canary
+        of `percent` % of the name's requests, or a shadow of all of them."""
+        async with self._changes:
+            await self._load(await self.get_version(name, version))
+            rollout = await asyncio.to_thread(
+                self._registry.start_rollout,
+                name,
+                version,
+                mode,
+                percent,
+                gates.model_dump(),
+            )
+        show_state(name, RolloutState.ACTIVE)
+        log_transition(rollout, RolloutState.ACTIVE, "started", {"gates": rollout.gates})
+        return rollout
+
+    async def rollouts(self, name: str) -> list[Rollout]:
+        """Every rollout of `name`, oldest first, with its transitions."""
+        return await asyncio.to_thread(self._registry.rollouts, name)
+
+    async def end_rollout(self, name: str, state: RolloutState) -> Rollout:
+        """A person promotes the candidate of `name`'s active rollout (loaded first, as for
+        any promote), or aborts it (the current version keeps serving). AdapterConflict when
+        none is active."""
+        verb = "promoted" if state is RolloutState.PROMOTED else "aborted"
+        async with self._changes:
+            active = await asyncio.to_thread(self._registry.active_rollout, name)
+            if active is not None and state is RolloutState.PROMOTED:
+                await self._load(await self.get_version(name, active.candidate))
+            ended = await asyncio.to_thread(
+                self._registry.end_rollout, name, state, f"{verb} by hand"
+            )
+        if state is RolloutState.PROMOTED:
+            m.ADAPTER_SWAPS.labels(name, "promote").inc()
+        self._ended_by_hand(ended, state, f"{verb} by hand")
+        return ended
+
+    @staticmethod
+    def _ended_by_hand(rollout: Rollout, state: RolloutState, reason: str) -> None:
+        m.ROLLOUT_DECISIONS.labels(rollout.name, state.value, "manual").inc()
+        show_state(rollout.name, state)
+        log_transition(rollout, state, reason, {})
 
     async def rollback(self, name: str) -> AdapterVersion:
         """Load the previously promoted version, then promote it again."""

@@ -41,6 +41,15 @@ class AdminClient:
     def show(self, name: str) -> Any:
         return self._call("GET", f"/v1/adapters/{name}")
 
+    def rollouts(self, name: str) -> Any:
+        return self._call("GET", f"/v1/adapters/{name}/rollouts")
+
+    def start_rollout(self, name: str, plan: dict[str, Any]) -> Any:
+        return self._call("POST", f"/v1/adapters/{name}/rollouts", json=plan)
+
+    def abort_rollout(self, name: str) -> Any:
+        return self._call("POST", f"/v1/adapters/{name}/rollouts/abort")
+
     def promote(self, name: str, version: int) -> Any:
         return self._call("POST", f"/v1/adapters/{name}/promote", json={"version": version})
 

@@ -215,16 +215,71 @@ def adapters_list(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> No
 
 @adapters_app.command("show")
 def adapters_show(name: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
-    """All versions of one adapter, with their manifests."""
-    _run_admin(lambda: _admin(url, api_key).show(name))
+    """All versions of one adapter, with their manifests, and its rollouts (transitions,
+    reasons, figures; the active one with the server's live figures)."""
+    client = _admin(url, api_key)
+    _run_admin(lambda: {**client.show(name), "rollouts": client.rollouts(name)})
+
+
+def _parse_gates(values: list[str]) -> dict[str, float]:
+    """`--gate NAME=NUMBER` options as the rollout's gates (the server checks their ranges)."""
+    gates: dict[str, float] = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        try:
+            if not (key and sep):
+                raise ValueError(value)
+            gates[key] = float(number)
+        except ValueError:
+            raise typer.BadParameter(
+                f"expected GATE=NUMBER, e.g. min_requests=200, got {value!r}", param_hint="--gate"
+            ) from None
+    return gates
 
 
 @adapters_app.command("promote")
 def adapters_promote(
-    name: str, version: int, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None
+    name: str,
+    version: int,
+    canary: Annotated[
+        float | None,
+        typer.Option(help="Roll out as a canary: PERCENT of requests (0 < PERCENT < 100)."),
+    ] = None,
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="Roll out in shadow: copies, never returned.")
+    ] = False,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(help="A rollout gate as NAME=NUMBER, e.g. min_requests=200 (repeatable)."),
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
 ) -> None:
-    """Serve VERSION for the bare NAME (returns once it serves)."""
-    _run_admin(lambda: _admin(url, api_key).promote(name, version))
+    """Serve VERSION for the bare NAME (returns once it serves); with --canary or --shadow,
+    start a rollout that promotes it when its gates hold (docs/rollout.md). During a
+    rollout, a plain promote of its candidate promotes it at once."""
+    if canary is not None and shadow:
+        raise typer.BadParameter("choose --canary PERCENT or --shadow", param_hint="--shadow")
+    if gate and canary is None and not shadow:
+        raise typer.BadParameter("--gate needs --canary or --shadow", param_hint="--gate")
+    client = _admin(url, api_key)
+    if canary is None and not shadow:
+        _run_admin(lambda: client.promote(name, version))
+        return
+    plan: dict[str, object] = {
+        "version": version,
+        "mode": "shadow" if shadow else "canary",
+        "gates": _parse_gates(gate or []),
+    }
+    if canary is not None:
+        plan["percent"] = canary
+    _run_admin(lambda: client.start_rollout(name, plan))
+
+
+@adapters_app.command("abort")
+def adapters_abort(name: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Stop NAME's active rollout; the current version answers every request again."""
+    _run_admin(lambda: _admin(url, api_key).abort_rollout(name))
 
 
 @adapters_app.command("rollback")

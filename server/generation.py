@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
@@ -13,18 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.label_trie import LabelDistribution, classification_field, label_answer
-from server.catalog import ModelCatalog, ServedModel
+from server.catalog import ModelCatalog, RolloutRoute, ServedModel
 from server.engine import MAX_SEED, Chunk, Engine, Sampling, TokenLogprob
 from server.errors import HotswapError, InvalidRequest, PromptTooLong, QueueFull
 from server.label_scores import DEFAULT_TOP_LABELS, LabelPlan, LabelScorer, LabelVerdict, verdict
 from server.metrics.instruments import SCHEMA_ENGINES, SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
-from server.metrics.labels import LabelTracker
+from server.metrics.labels import LabelTracker, labels_of
 from server.metrics.requests import RequestRecorder, record_refusal
+from server.rollouts.stats import Outcome
+from server.rollouts.tracker import Role
 from server.schema_policy import (
     RETRY_MIN_TEMPERATURE,
     AdmittedSchema,
     SchemaBudgetTooSmall,
     SchemaPolicy,
+    SchemaViolation,
 )
 from server.structured import ValidationOutcome
 from server.tool_calls.prompt import render_chat
@@ -79,6 +84,17 @@ class GenerationRequest:
 
 GRAMMAR_ENGINE_HEADER = "x-hotswap-grammar-engine"
 """Header (HTTP) and metadata key (gRPC) naming the grammar engine of a constrained answer."""
+ADAPTER_VERSION_HEADER = "x-hotswap-adapter-version"
+"""Header naming the adapter version that answered (`name@version`), under a rollout too."""
+
+logger = logging.getLogger(__name__)
+
+
+def version_headers(model: ServedModel) -> dict[str, str]:
+    """The header naming the adapter version that answers; none for the base model."""
+    if model.version is None:
+        return {}
+    return {ADAPTER_VERSION_HEADER: f"{model.name}@{model.version}"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,9 @@ class PreparedRequest:
     schema: AdmittedSchema | None = None
     labels: LabelPlan | None = None
     """Set for a classification task's text input: its labels are scored."""
+    shadow: bool = False
+    """A rollout's shadow copy: never returned, outside the admission limit and the
+    adapter's schema and label metrics (`server.rollouts`)."""
 
     @property
     def grammar_engine(self) -> str | None:
@@ -154,6 +173,7 @@ class GenerationService:
         self._max_in_flight = max_in_flight
         self._max_n = max_n
         self._in_flight = 0
+        self._shadows: set[asyncio.Task[None]] = set()
         self._labels = labels
         self._scorer = LabelScorer(engine)
         # model references that resolved -> the adapter label their metrics carry
@@ -432,15 +452,76 @@ class GenerationService:
                 )
             return
         results = _fresh(prepared, results)
-        async with aclosing(self._attempt(prepared, request_id, results)) as chunks:
-            async for chunk in chunks:
-                yield chunk
-        for result in results:
-            outcome = await self._judge(prepared, result, retrying=False)
-            if outcome is not None and not outcome.valid and prepared.schema is not None:
-                raise self._schemas.violation(prepared.schema, outcome, attempts=1)
+        started = time.perf_counter()
+        try:
+            async with aclosing(self._attempt(prepared, request_id, results)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            for result in results:
+                outcome = await self._judge(prepared, result, retrying=False)
+                if outcome is not None and not outcome.valid and prepared.schema is not None:
+                    raise self._schemas.violation(prepared.schema, outcome, attempts=1)
+        except HotswapError as exc:
+            _record(prepared, started, results, exc)
+            raise
+        _record(prepared, started, results)
+        self._shadow(prepared, results, request_id)
+
+    def _shadow(
+        self, prepared: PreparedRequest, answered: list[GenerationResult], request_id: str
+    ) -> None:
+        """Under a shadow rollout, run the same prepared request on the candidate in the
+        background. Bounded: dropped (and counted) when the requests in flight fill half the
+        admission limit or a quarter of it are shadow copies already."""
+        route = prepared.model.rollout
+        if route is None or route.shadow is None or prepared.shadow:
+            return
+        queue_long = self._in_flight + prepared.sampling.n > self._max_in_flight // 2
+        if queue_long or len(self._shadows) >= max(1, self._max_in_flight // 4):
+            route.tracker.dropped()
+            return
+        copy = dataclasses.replace(prepared, model=route.shadow, protocol="shadow", shadow=True)
+        task = asyncio.get_running_loop().create_task(
+            self._run_shadow(copy, route, answered, f"{request_id}-shadow")
+        )
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _run_shadow(
+        self,
+        copy: PreparedRequest,
+        route: RolloutRoute,
+        answered: list[GenerationResult],
+        request_id: str,
+    ) -> None:
+        """The candidate's answer to a shadow copy: compared with the current version's
+        answer, recorded, and dropped."""
+        started = time.perf_counter()
+        try:
+            results = await self._complete(copy, request_id)
+        except HotswapError as exc:
+            route.tracker.record(Role.CANDIDATE, _outcome(copy, started, [], exc))
+            return
+        except Exception:
+            logger.exception("A shadow copy failed on %s@%s", copy.model.name, copy.model.version)
+            return
+        route.tracker.agreement(_answer(copy.model, results[0]) == _answer(copy.model, answered[0]))
+        route.tracker.record(Role.CANDIDATE, _outcome(copy, started, results))
 
     async def complete(self, prepared: PreparedRequest, request_id: str) -> list[GenerationResult]:
+        """`_complete`, and under a rollout its outcome recorded for the gates and, for a
+        shadow rollout, a copy started on the candidate once the answer is ready."""
+        started = time.perf_counter()
+        try:
+            results = await self._complete(prepared, request_id)
+        except HotswapError as exc:
+            _record(prepared, started, [], exc)
+            raise
+        _record(prepared, started, results)
+        self._shadow(prepared, results, request_id)
+        return results
+
+    async def _complete(self, prepared: PreparedRequest, request_id: str) -> list[GenerationResult]:
         """Run to the end and return each choice's whole text, in `index` order. Under a schema
         every choice validates against the user's schema: one that does not is generated again
         on its own (up to the policy's `max_retries`, another seed, temperature > 0, counted
@@ -461,7 +542,8 @@ class GenerationService:
             document = result.output
             label = document.get(plan.field) if isinstance(document, dict) else None
             result.label = verdict(plan, distribution, label)
-            self._labels.observe_verdict(prepared.model, result.label)
+            if not prepared.shadow:
+                self._labels.observe_verdict(prepared.model, result.label)
             if result.label.abstained:
                 result.text, result.output = "", None
         return results
@@ -476,7 +558,8 @@ class GenerationService:
             model.name, str(model.version or ""), prepared.protocol, prepared.route
         )
         status, completion_tokens = "aborted", 0
-        self._in_flight += 1
+        counted = 0 if prepared.shadow else 1
+        self._in_flight += counted
         try:
             distribution = await self._scorer.distribution(
                 plan, model, prepared.prompt_token_ids, request_id
@@ -489,7 +572,7 @@ class GenerationService:
             status = exc.code
             raise
         finally:
-            self._in_flight -= 1
+            self._in_flight -= counted
             recorder.finish(status, prompt_tokens, completion_tokens)
         result = GenerationResult(
             model=model,
@@ -558,7 +641,8 @@ class GenerationService:
             result.prompt_tokens = len(prepared.prompt_token_ids)
         parts: list[list[str]] = [[] for _ in results]
         status = "aborted"
-        self._in_flight += len(results)
+        counted = 0 if prepared.shadow else len(results)
+        self._in_flight += counted
         try:
             async for chunk in self._engine.generate(
                 prepared.prompt_token_ids, prepared.sampling, request_id, model.lora
@@ -575,7 +659,7 @@ class GenerationService:
             status = exc.code
             raise
         finally:
-            self._in_flight -= len(results)
+            self._in_flight -= counted
             recorder.finish(
                 status,
                 len(prepared.prompt_token_ids),
@@ -595,6 +679,8 @@ class GenerationService:
             return None
         outcome = await self._schemas.judge(admitted, result.text)
         result.output, result.valid = outcome.document, outcome.valid
+        if prepared.shadow:  # the candidate's figures go to its rollout, not the name's
+            return outcome
         name = prepared.model.name
         if outcome.valid:
             SCHEMA_OUTCOMES.labels(name, "valid").inc()
@@ -602,6 +688,54 @@ class GenerationService:
         else:
             SCHEMA_OUTCOMES.labels(name, "retried" if retrying else "invalid").inc()
         return outcome
+
+
+def _record(
+    prepared: PreparedRequest,
+    started: float,
+    results: list[GenerationResult],
+    error: HotswapError | None = None,
+) -> None:
+    """Under a rollout, the request's outcome goes to the gates (a shadow copy's is recorded
+    by `_run_shadow`)."""
+    route = prepared.model.rollout
+    if route is not None and not prepared.shadow:
+        route.tracker.record(route.role, _outcome(prepared, started, results, error))
+
+
+def _outcome(
+    prepared: PreparedRequest,
+    started: float,
+    results: list[GenerationResult],
+    error: HotswapError | None = None,
+) -> Outcome:
+    """What the gates learn from one request: its time, an engine error, a schema violation
+    (invalid), or each choice's validity and labels."""
+    latency = time.perf_counter() - started
+    if isinstance(error, SchemaViolation):
+        return Outcome(latency_s=latency, valid=False)
+    if error is not None:
+        return Outcome(latency_s=latency, error=True)
+    judged = [result.valid for result in results if result.valid is not None]
+    task = prepared.model.task
+    return Outcome(
+        latency_s=latency,
+        valid=all(judged) if judged else None,
+        labels=tuple(
+            label
+            for result in results
+            if task is not None
+            for label in labels_of(task, result.output)
+        ),
+    )
+
+
+def _answer(model: ServedModel, result: GenerationResult) -> object:
+    """What a shadow answer is compared on: its labels, else its document, else its text."""
+    labels = labels_of(model.task, result.output) if model.task is not None else []
+    if labels:
+        return tuple(labels)
+    return result.output if result.output is not None else result.text
 
 
 def _fresh(

@@ -163,10 +163,19 @@ def inference(server: RunningServer) -> Iterator[inference_pb2_grpc.InferenceStu
 def test_grpc_returns_the_same_verdict(
     server: RunningServer, adapters: dict[str, str], inference: inference_pb2_grpc.InferenceStub
 ) -> None:
-    http = generate(server, adapter=adapters["plain"], input=TEXTS[0], top_labels=2)
-    reply = inference.Generate(
+    over_http = httpx.post(
+        f"{server.url}/v1/generate",
+        json={"adapter": adapters["plain"], "input": TEXTS[0], "top_labels": 2},
+        timeout=300,
+    )
+    http = over_http.json()
+    reply, call = inference.Generate.with_call(
         pb.GenerateRequest(adapter=adapters["plain"], text=TEXTS[0], top_labels=2), timeout=300
     )
+    # Both name the version that answered.
+    version = f"{adapters['plain']}@{http['adapter']['version']}"
+    assert over_http.headers["x-hotswap-adapter-version"] == version
+    assert dict(call.initial_metadata())["x-hotswap-adapter-version"] == version
     assert [(e.label, pytest.approx(e.probability)) for e in reply.top_labels] == [
         (e["label"], e["probability"]) for e in http["top_labels"]
     ]

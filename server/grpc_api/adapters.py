@@ -1,5 +1,5 @@
-"""`hotswap.v1.Adapters`: adapter management on the same domain calls as `/v1/adapters`
-(`server/adapter_service.py`)."""
+"""`hotswap.v1.Adapters`: adapter management and rollouts on the same domain calls as
+`/v1/adapters` (`server/adapter_service.py`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from adapters.registry import AdapterSummary
+from adapters.rollouts import Rollout, RolloutState
 from adapters.store import AdapterVersion
 from server.auth import KeyRing, Role
+from server.catalog import ModelCatalog
 from server.errors import InvalidRequest, PayloadTooLarge
 from server.grpc_api.gen.hotswap.v1 import adapters_pb2 as pb
 from server.grpc_api.gen.hotswap.v1 import adapters_pb2_grpc
 from server.grpc_api.guard import GuardedServicer, StateGetter, guarded
 from server.grpc_api.structs import to_struct
 from server.requests import save_capped
+from server.rollouts.plan import parse_plan
 
 
 class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer, GuardedServicer):
@@ -99,6 +102,48 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer, GuardedServicer):
         await self.ready().adapters.delete(request.name, request.version)
         return pb.DeleteAdapterResponse()
 
+    @guarded(Role.ADMIN)
+    async def StartRollout(  # noqa: N802 (gRPC method name)
+        self, request: pb.StartRolloutRequest, context: Any
+    ) -> pb.Rollout:
+        fields: dict[str, Any] = {
+            "version": request.version,
+            "gates": {field.name: value for field, value in request.gates.ListFields()},
+        }
+        if request.mode:
+            fields["mode"] = request.mode
+        if request.HasField("percent"):
+            fields["percent"] = request.percent
+        plan = parse_plan(fields)
+        started = await self.ready().adapters.start_rollout(
+            request.name, plan.version, plan.mode, plan.share, plan.gates
+        )
+        return rollout_message(started, None)
+
+    @guarded(Role.ADMIN)
+    async def ListRollouts(  # noqa: N802 (gRPC method name)
+        self, request: pb.ListRolloutsRequest, context: Any
+    ) -> pb.ListRolloutsResponse:
+        state = self.ready()
+        rollouts = await state.adapters.rollouts(request.name)
+        return pb.ListRolloutsResponse(
+            rollouts=[rollout_message(r, state.catalog) for r in rollouts]
+        )
+
+    @guarded(Role.ADMIN)
+    async def PromoteRollout(  # noqa: N802 (gRPC method name)
+        self, request: pb.EndRolloutRequest, context: Any
+    ) -> pb.Rollout:
+        ended = await self.ready().adapters.end_rollout(request.name, RolloutState.PROMOTED)
+        return rollout_message(ended, None)
+
+    @guarded(Role.ADMIN)
+    async def AbortRollout(  # noqa: N802 (gRPC method name)
+        self, request: pb.EndRolloutRequest, context: Any
+    ) -> pb.Rollout:
+        ended = await self.ready().adapters.end_rollout(request.name, RolloutState.ABORTED)
+        return rollout_message(ended, None)
+
 
 async def _chunks(
     messages: AsyncIterator[pb.UploadAdapterRequest], announced: int
@@ -133,4 +178,31 @@ def summary(adapter: AdapterSummary) -> pb.AdapterSummary:
     )
     if adapter.promoted_version is not None:
         message.promoted_version = adapter.promoted_version
+    return message
+
+
+def rollout_message(rollout: Rollout, catalog: ModelCatalog | None) -> pb.Rollout:
+    """A rollout as the API shows it; with `catalog`, an active one with its live figures."""
+    message = pb.Rollout(
+        id=rollout.id,
+        name=rollout.name,
+        candidate=rollout.candidate,
+        baseline=rollout.baseline,
+        mode=rollout.mode.value,
+        percent=rollout.percent,
+        gates=to_struct(rollout.gates),
+        state=rollout.state.value,
+    )
+    message.started_at.FromDatetime(rollout.started_at)
+    if rollout.ended_at is not None:
+        message.ended_at.FromDatetime(rollout.ended_at)
+    if rollout.reason is not None:
+        message.reason = rollout.reason
+    for event in rollout.events:
+        added = message.events.add(kind=event.kind, reason=event.reason)
+        added.at.FromDatetime(event.at)
+        added.figures.CopyFrom(to_struct(event.figures))
+    tracker = catalog.rollouts.tracker(rollout.name) if catalog is not None else None
+    if rollout.state is RolloutState.ACTIVE and tracker and tracker.rollout.id == rollout.id:
+        message.live.CopyFrom(to_struct(tracker.figures().as_dict()))
     return message

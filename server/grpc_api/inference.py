@@ -20,6 +20,7 @@ from server.generation import (
     GenerationRequest,
     GenerationResult,
     PreparedRequest,
+    version_headers,
 )
 from server.grpc_api.gen.hotswap.v1 import inference_pb2 as pb
 from server.grpc_api.gen.hotswap.v1 import inference_pb2_grpc
@@ -46,7 +47,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
     ) -> pb.GenerateResponse:
         generation = self.ready().generation
         prepared = await generation.prepare(await _domain_request(request))
-        await _name_grammar_engine(context, prepared)
+        await _send_metadata(context, prepared)
         results = await generation.complete(prepared, _request_id())
         return response(results, prepared.grammar_engine)
 
@@ -56,7 +57,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
     ) -> None:
         generation = self.ready().generation
         prepared = await generation.prepare(await _domain_request(request))
-        await _name_grammar_engine(context, prepared)
+        await _send_metadata(context, prepared)
         results: list[GenerationResult] = []
         stream = generation.stream(prepared, _request_id(), results)
         # Closed at once when the call is cancelled, which aborts the request in the engine.
@@ -72,11 +73,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer, GuardedServicer):
         await context.write(pb.GenerateStreamResponse(summary=summary))
 
 
-async def _name_grammar_engine(context: Any, prepared: PreparedRequest) -> None:
-    """Initial metadata naming the grammar engine that decodes a constrained answer, as the
-    HTTP routes' `x-hotswap-grammar-engine` header does."""
+async def _send_metadata(context: Any, prepared: PreparedRequest) -> None:
+    """Initial metadata naming the adapter version that answers (`x-hotswap-adapter-version`,
+    under a rollout too) and the grammar engine of a constrained answer
+    (`x-hotswap-grammar-engine`), as the HTTP routes' headers do."""
+    metadata = version_headers(prepared.model)
     if prepared.grammar_engine is not None:
-        await context.send_initial_metadata(((GRAMMAR_ENGINE_HEADER, prepared.grammar_engine),))
+        metadata[GRAMMAR_ENGINE_HEADER] = prepared.grammar_engine
+    if metadata:
+        await context.send_initial_metadata(tuple(metadata.items()))
 
 
 async def _domain_request(message: pb.GenerateRequest) -> GenerationRequest:

@@ -106,3 +106,44 @@ ENGINE_RESTARTS = Counter(
     "adapters reloaded) or failed (another attempt follows, or the server stays not ready).",
     ["outcome"],
 )
+ROLLOUT_STATE = Gauge(
+    "hotswap_rollout_state",
+    "1 for the state of the adapter's latest rollout this process saw (active, promoted, "
+    "rolled_back, aborted), 0 for the others.",
+    ["adapter", "state"],
+)
+ROLLOUT_CANARY_PERCENT = Gauge(
+    "hotswap_rollout_canary_percent",
+    "Share of the adapter's requests its active canary sends to the candidate (0: shadow).",
+    ["adapter"],
+)
+ROLLOUT_REQUESTS = Counter(
+    "hotswap_rollout_requests_total",
+    "Answers under a rollout per version and role (candidate, current), by outcome: valid, "
+    "invalid (schema), unchecked (no schema) or error. Validity: valid / (valid + invalid).",
+    ["adapter", "version", "role", "outcome"],
+)
+ROLLOUT_LATENCY_SECONDS = Histogram(
+    "hotswap_rollout_latency_seconds",
+    "Time of an answer under a rollout, per version and role (candidate, current).",
+    ["adapter", "version", "role"],
+    buckets=_LATENCY_BUCKETS,
+)
+ROLLOUT_COMPARISON = Gauge(
+    "hotswap_rollout_comparison",
+    "The figures the gates judge, candidate against current over the rollout so far: "
+    "candidate_validity, current_validity, validity_drop, label_js_distance, "
+    "shadow_agreement, candidate_p95_seconds, current_p95_seconds, p95_latency_ratio, "
+    "candidate_error_rate.",
+    ["adapter", "figure"],
+)
+ROLLOUT_DECISIONS = Counter(
+    "hotswap_rollout_decisions_total",
+    "Rollouts ended, by outcome (promoted, rolled_back, aborted) and by whom (gates, manual).",
+    ["adapter", "outcome", "by"],
+)
+ROLLOUT_SHADOW_DROPPED = Counter(
+    "hotswap_rollout_shadow_dropped_total",
+    "Shadow copies not run because the engine queue was long (or too many ran already).",
+    ["adapter"],
+)

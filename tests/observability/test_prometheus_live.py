@@ -102,6 +102,29 @@ def obs_adapter(
         f"{server.url}/v1/adapters/{ADAPTER}/promote", json={"version": version}, timeout=300
     )
     assert promoted.status_code == 200, promoted.text
+    # A second build under a canary that lasts the whole test (a minimum it never reaches),
+    # so the dashboard's rollout row has candidate and current figures to show.
+    candidate = pack_adapter(
+        folder, root / "obs-v2.tar.gz", {**manifest, "description": "the canary's candidate"}
+    )
+    with candidate.open("rb") as fh:
+        second = httpx.post(
+            f"{server.url}/v1/adapters",
+            files={"file": (candidate.name, fh, "application/gzip")},
+            timeout=300,
+        )
+    assert second.status_code == 201, second.text
+    canary = httpx.post(
+        f"{server.url}/v1/adapters/{ADAPTER}/rollouts",
+        json={
+            "version": second.json()["version"],
+            "mode": "canary",
+            "percent": 50,
+            "gates": {"min_requests": 1_000_000},
+        },
+        timeout=300,
+    )
+    assert canary.status_code == 201, canary.text
     return ADAPTER
 
 

@@ -51,6 +51,7 @@ def test_every_alert_has_severity_summary_and_description() -> None:
         "HotswapServerErrorRateHigh",
         "HotswapLatencyHigh",
         "HotswapEngineQueueGrowing",
+        "HotswapRolloutRolledBack",
     }
     for alert in alerts:
         assert alert["labels"]["severity"] in {"warning", "critical"}, alert["alert"]

@@ -1,4 +1,5 @@
-"""Adapter management: upload, list, inspect, promote, roll back, delete."""
+"""Adapter management: upload, list, inspect, promote, roll back, delete, and safe rollouts
+of a new version (canary or shadow, promoted or rolled back by gates)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from pydantic import BaseModel, Field
 
 from adapters.manifest import MAX_VERSION
 from adapters.registry import AdapterSummary
+from adapters.rollouts import Rollout, RolloutState
 from adapters.store import AdapterVersion
 from server.adapter_service import AdapterService
-from server.http.state import get_adapter_service
+from server.catalog import ModelCatalog
+from server.http.state import get_adapter_service, get_catalog
 from server.requests import save_capped
+from server.rollouts.plan import RolloutPlan
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
 Service = Annotated[AdapterService, Depends(get_adapter_service)]
+Catalog = Annotated[ModelCatalog, Depends(get_catalog)]
 Version = Annotated[int, PathParam(ge=1, le=MAX_VERSION, description="A version number.")]
 _CHUNK = 1 << 20
 
@@ -58,6 +63,15 @@ class UploadView(VersionView):
 
 class PromoteBody(BaseModel):
     version: int = Field(ge=1, le=MAX_VERSION)
+
+
+class RolloutView(Rollout):
+    """A rollout with its transitions; the active one also with this server's live figures."""
+
+    live: dict[str, Any] | None = Field(
+        default=None,
+        description="Candidate against current as this server measured them so far.",
+    )
 
 
 @router.post("", status_code=201)
@@ -122,3 +136,37 @@ async def rollback(name: str, service: Service) -> VersionView:
 async def delete_version(name: str, version: Version, service: Service) -> None:
     """Delete a version; 409 while it is the promoted one."""
     await service.delete(name, version)
+
+
+@router.post("/{name}/rollouts", status_code=201)
+async def start_rollout(name: str, body: RolloutPlan, service: Service) -> RolloutView:
+    """Load the version, then put it on trial: a canary of `percent` % of the name's
+    requests, or a shadow of every request. 409 while another rollout of the name runs."""
+    rollout = await service.start_rollout(name, body.version, body.mode, body.share, body.gates)
+    return RolloutView(**rollout.model_dump())
+
+
+@router.get("/{name}/rollouts")
+async def list_rollouts(name: str, service: Service, catalog: Catalog) -> list[RolloutView]:
+    """Every rollout of the adapter, oldest first, with each transition's reason and figures."""
+    return [_view(rollout, catalog) for rollout in await service.rollouts(name)]
+
+
+@router.post("/{name}/rollouts/promote")
+async def promote_rollout(name: str, service: Service) -> RolloutView:
+    """Promote the active rollout's candidate now, whatever its figures."""
+    return RolloutView(**(await service.end_rollout(name, RolloutState.PROMOTED)).model_dump())
+
+
+@router.post("/{name}/rollouts/abort")
+async def abort_rollout(name: str, service: Service) -> RolloutView:
+    """Stop the active rollout; the current version answers every request again."""
+    return RolloutView(**(await service.end_rollout(name, RolloutState.ABORTED)).model_dump())
+
+
+def _view(rollout: Rollout, catalog: ModelCatalog) -> RolloutView:
+    tracker = catalog.rollouts.tracker(rollout.name)
+    live = None
+    if rollout.state is RolloutState.ACTIVE and tracker and tracker.rollout.id == rollout.id:
+        live = tracker.figures().as_dict()
+    return RolloutView(**rollout.model_dump(), live=live)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from server.generation import GenerationResult, GenerationService
+from server.generation import GenerationResult, GenerationService, version_headers
 from server.http.logprobs import chat_logprobs
 from server.http.schemas import (
     AdapterRef,
@@ -35,7 +35,9 @@ async def generate(
     The top-level fields are the first choice's; `choices` holds all `n`."""
     prepared = await generation.prepare(generation_request(body, protocol="http"))
     results = await generation.complete(prepared, f"gen-{uuid.uuid4().hex}")
-    response.headers.update(grammar_headers(prepared.grammar_engine))
+    response.headers.update(
+        grammar_headers(prepared.grammar_engine) | version_headers(results[0].model)
+    )
     choices = [_choice(result, body.logprobs) for result in results]
     prompt_tokens = results[0].prompt_tokens
     completion_tokens = sum(result.completion_tokens for result in results)

@@ -37,6 +37,7 @@ from server.generation import (
     GenerationResult,
     GenerationService,
     PreparedRequest,
+    version_headers,
 )
 from server.http.logprobs import chat_logprobs, completion_logprobs
 from server.http.schemas import ChatCompletionRequest, CompletionRequest
@@ -73,7 +74,8 @@ async def chat_completions(
     body: ChatCompletionRequest, generation: Generation, response: Response
 ) -> ChatCompletion | StreamingResponse:
     """Chat; under a JSON Schema, `json_object` or tools, the `x-hotswap-grammar-engine`
-    header names the grammar engine that decoded the answer."""
+    header names the grammar engine that decoded the answer. For an adapter, the
+    `x-hotswap-adapter-version` header names the version that answered (`name@version`)."""
     request = GenerationRequest(
         model=body.model,
         messages=[m.as_dict() for m in body.messages],
@@ -98,7 +100,7 @@ async def chat_completions(
         tool_chat = ToolChat(generation)
         return await _tool_chat(body, tool_chat, request, plan, request_id, created, response)
     prepared = await generation.prepare(request)
-    headers = grammar_headers(prepared.grammar_engine)
+    headers = grammar_headers(prepared.grammar_engine) | version_headers(prepared.model)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chat_chunks(generation, prepared, request_id, created, include_usage)
@@ -210,6 +212,7 @@ async def _tool_chat(
     """A chat completion whose answer may be tool calls (`server.tool_calls`)."""
     prepared = await tool_chat.prepare(request, plan)
     headers = grammar_headers(prepared.call.grammar_engine)  # the engine a call is decoded by
+    headers |= version_headers(prepared.model)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _tool_chat_chunks(tool_chat, prepared, request_id, created, include_usage)
@@ -289,10 +292,11 @@ async def _tool_chat_chunks(
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, generation: Generation
+    body: CompletionRequest, generation: Generation, response: Response
 ) -> Completion | StreamingResponse:
     """Each prompt gets `n` choices; choice `i` of prompt `p` has index `p * n + i` (as
-    vLLM numbers them)."""
+    vLLM numbers them). For an adapter, the `x-hotswap-adapter-version` header names the
+    version that answered (the prompts of one call are routed alike)."""
     prompts = body.prompts()
     all_prepared = await generation.prepare_all(
         [
@@ -318,18 +322,20 @@ async def completions(
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model = all_prepared[0].model.name
+    headers = version_headers(all_prepared[0].model)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _completion_chunks(
             generation, all_prepared, request_id, created, model, include_usage
         )
-        return event_stream(chunks)
+        return event_stream(chunks, headers)
     runs = await asyncio.gather(
         *(
             generation.complete(prepared, f"{request_id}-{position}")
             for position, prepared in enumerate(all_prepared)
         )
     )
+    response.headers.update(headers)
     with_logprobs = body.logprobs is not None
     choices = [
         _completion_choice(

@@ -123,3 +123,93 @@ class DeleteAdapterRequest(_message.Message):
 class DeleteAdapterResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RolloutGates(_message.Message):
+    __slots__ = ("min_requests", "max_validity_drop", "max_label_js", "min_shadow_agreement", "max_p95_latency_ratio", "max_error_rate")
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALIDITY_DROP_FIELD_NUMBER: _ClassVar[int]
+    MAX_LABEL_JS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHADOW_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_P95_LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    min_requests: int
+    max_validity_drop: float
+    max_label_js: float
+    min_shadow_agreement: float
+    max_p95_latency_ratio: float
+    max_error_rate: float
+    def __init__(self, min_requests: _Optional[int] = ..., max_validity_drop: _Optional[float] = ..., max_label_js: _Optional[float] = ..., min_shadow_agreement: _Optional[float] = ..., max_p95_latency_ratio: _Optional[float] = ..., max_error_rate: _Optional[float] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("name", "version", "mode", "percent", "gates")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    mode: str
+    percent: float
+    gates: RolloutGates
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[str] = ..., percent: _Optional[float] = ..., gates: _Optional[_Union[RolloutGates, _Mapping]] = ...) -> None: ...
+
+class RolloutEvent(_message.Message):
+    __slots__ = ("at", "kind", "reason", "figures")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    kind: str
+    reason: str
+    figures: _struct_pb2.Struct
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., reason: _Optional[str] = ..., figures: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("id", "name", "candidate", "baseline", "mode", "percent", "gates", "state", "started_at", "ended_at", "reason", "events", "live")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    candidate: int
+    baseline: int
+    mode: str
+    percent: float
+    gates: _struct_pb2.Struct
+    state: str
+    started_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    reason: str
+    events: _containers.RepeatedCompositeFieldContainer[RolloutEvent]
+    live: _struct_pb2.Struct
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., candidate: _Optional[int] = ..., baseline: _Optional[int] = ..., mode: _Optional[str] = ..., percent: _Optional[float] = ..., gates: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., events: _Optional[_Iterable[_Union[RolloutEvent, _Mapping]]] = ..., live: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+
+class EndRolloutRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

@@ -71,6 +71,26 @@ class AdaptersStub:
                 request_serializer=hotswap_dot_v1_dot_adapters__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=hotswap_dot_v1_dot_adapters__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/hotswap.v1.Adapters/StartRollout',
+                request_serializer=hotswap_dot_v1_dot_adapters__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=hotswap_dot_v1_dot_adapters__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/hotswap.v1.Adapters/ListRollouts',
+                request_serializer=hotswap_dot_v1_dot_adapters__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=hotswap_dot_v1_dot_adapters__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/hotswap.v1.Adapters/PromoteRollout',
+                request_serializer=hotswap_dot_v1_dot_adapters__pb2.EndRolloutRequest.SerializeToString,
+                response_deserializer=hotswap_dot_v1_dot_adapters__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/hotswap.v1.Adapters/AbortRollout',
+                request_serializer=hotswap_dot_v1_dot_adapters__pb2.EndRolloutRequest.SerializeToString,
+                response_deserializer=hotswap_dot_v1_dot_adapters__pb2.Rollout.FromString,
+                _registered_method=True)
 
 
 class AdaptersServicer:
@@ -127,6 +147,36 @@ class AdaptersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Load a version, then put it on trial against the promoted one (canary or shadow); it is
+        promoted when its gates hold, rolled back when one fails. FAILED_PRECONDITION while
+        another rollout of the name runs; INVALID_ARGUMENT naming a field out of range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Every rollout of a name, oldest first, with its transitions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Promote the active rollout's candidate now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Stop the active rollout; the current version answers every request again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdaptersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +214,26 @@ def add_AdaptersServicer_to_server(servicer, server):
                     servicer.DeleteAdapter,
                     request_deserializer=hotswap_dot_v1_dot_adapters__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=hotswap_dot_v1_dot_adapters__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=hotswap_dot_v1_dot_adapters__pb2.StartRolloutRequest.FromString,
+                    response_serializer=hotswap_dot_v1_dot_adapters__pb2.Rollout.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=hotswap_dot_v1_dot_adapters__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=hotswap_dot_v1_dot_adapters__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=hotswap_dot_v1_dot_adapters__pb2.EndRolloutRequest.FromString,
+                    response_serializer=hotswap_dot_v1_dot_adapters__pb2.Rollout.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=hotswap_dot_v1_dot_adapters__pb2.EndRolloutRequest.FromString,
+                    response_serializer=hotswap_dot_v1_dot_adapters__pb2.Rollout.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +427,114 @@ class Adapters:
             '/hotswap.v1.Adapters/DeleteAdapter',
             hotswap_dot_v1_dot_adapters__pb2.DeleteAdapterRequest.SerializeToString,
             hotswap_dot_v1_dot_adapters__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hotswap.v1.Adapters/StartRollout',
+            hotswap_dot_v1_dot_adapters__pb2.StartRolloutRequest.SerializeToString,
+            hotswap_dot_v1_dot_adapters__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hotswap.v1.Adapters/ListRollouts',
+            hotswap_dot_v1_dot_adapters__pb2.ListRolloutsRequest.SerializeToString,
+            hotswap_dot_v1_dot_adapters__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hotswap.v1.Adapters/PromoteRollout',
+            hotswap_dot_v1_dot_adapters__pb2.EndRolloutRequest.SerializeToString,
+            hotswap_dot_v1_dot_adapters__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hotswap.v1.Adapters/AbortRollout',
+            hotswap_dot_v1_dot_adapters__pb2.EndRolloutRequest.SerializeToString,
+            hotswap_dot_v1_dot_adapters__pb2.Rollout.FromString,
             options,
             channel_credentials,
             insecure,
