@@ -361,6 +361,55 @@ async def test_routing_affinity_with_eight_adapters(
     assert cold <= 8 and warm_share >= 0.8, (cold, warm_share)
 
 
+async def test_a_canary_rollout_routes_alike_on_every_replica(
+    ray_server: RayServer, base_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The rollout's state is in the shared registry: a request id gets the same version
+    however often it is sent and whichever replica answers; a promote by hand mid-rollout
+    moves every replica to the candidate."""
+    url = ray_server.url
+    root = tmp_path_factory.mktemp("ray-rollout")
+    folder = make_random_lora(
+        base_model_path, root / "v", seed=31, rank=8, target_modules=["q_proj"]
+    )
+    for build in ("v1", "v2"):  # one set of weights, two builds: a good candidate
+        archive = pack_adapter(
+            folder, root / f"{build}.tar.gz", {"name": "roll", "description": build}
+        )
+        assert upload(url, archive, "roll").status_code == 201
+    keys = [f"ray-roll-{i}" for i in range(4 * MAX_NUM_SEQS)]
+    expected = {key: 2 if takes_candidate(key, 50) else 1 for key in keys}
+    assert set(expected.values()) == {1, 2}
+
+    async def ask(http: httpx.AsyncClient, key: str) -> httpx.Response:
+        body = {"adapter": "roll", "input": "hi", "max_tokens": 8}
+        return await http.post("/v1/generate", json=body, headers={"x-request-id": key})
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        started = await http.post(
+            "/v1/adapters/roll/rollouts",
+            # a minimum this test does not reach: no automatic decision while it checks routing
+            json={
+                "version": 2,
+                "mode": "canary",
+                "percent": 50,
+                "gates": {"min_requests": 100_000},
+            },
+        )
+        assert started.status_code == 201, started.text
+        first = await asyncio.gather(*(ask(http, key) for key in keys))
+        again = await asyncio.gather(*(ask(http, key) for key in keys))
+        assert len(answered_by([*first, *again])) == REPLICAS
+        for key, a, b in zip(keys, first, again, strict=True):
+            assert a.json()["adapter"]["version"] == b.json()["adapter"]["version"] == expected[key]
+            assert a.headers["x-hotswap-adapter-version"] == f"roll@{expected[key]}"
+        promoted = await http.post("/v1/adapters/roll/rollouts/promote")
+        assert promoted.status_code == 200, promoted.text
+    after = await burst(url, "roll", 4 * MAX_NUM_SEQS, max_tokens=8)
+    assert len(answered_by(after)) == REPLICAS
+    assert versions_of(after) == {("roll", 2)}
+
+
 async def test_replica_killed_mid_load_is_replaced(
     ray_server: RayServer, ray_cluster: str, archives: list[Path]
 ) -> None:
@@ -418,52 +467,3 @@ def _engine_replica_process(address: str) -> psutil.Process:
             if "ServeReplica:hotswap:EngineReplica" in " ".join(process.cmdline()):
                 return process
     raise AssertionError("no engine replica process in this cluster")
-
-
-async def test_a_canary_rollout_routes_alike_on_every_replica(
-    ray_server: RayServer, base_model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """The rollout's state is in the shared registry: a request id gets the same version
-    however often it is sent and whichever replica answers; a promote by hand mid-rollout
-    moves every replica to the candidate."""
-    url = ray_server.url
-    root = tmp_path_factory.mktemp("ray-rollout")
-    folder = make_random_lora(
-        base_model_path, root / "v", seed=31, rank=8, target_modules=["q_proj"]
-    )
-    for build in ("v1", "v2"):  # one set of weights, two builds: a good candidate
-        archive = pack_adapter(
-            folder, root / f"{build}.tar.gz", {"name": "roll", "description": build}
-        )
-        assert upload(url, archive, "roll").status_code == 201
-    keys = [f"ray-roll-{i}" for i in range(4 * MAX_NUM_SEQS)]
-    expected = {key: 2 if takes_candidate(key, 50) else 1 for key in keys}
-    assert set(expected.values()) == {1, 2}
-
-    async def ask(http: httpx.AsyncClient, key: str) -> httpx.Response:
-        body = {"adapter": "roll", "input": "hi", "max_tokens": 8}
-        return await http.post("/v1/generate", json=body, headers={"x-request-id": key})
-
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        started = await http.post(
-            "/v1/adapters/roll/rollouts",
-            # a minimum this test does not reach: no automatic decision while it checks routing
-            json={
-                "version": 2,
-                "mode": "canary",
-                "percent": 50,
-                "gates": {"min_requests": 100_000},
-            },
-        )
-        assert started.status_code == 201, started.text
-        first = await asyncio.gather(*(ask(http, key) for key in keys))
-        again = await asyncio.gather(*(ask(http, key) for key in keys))
-        assert len(answered_by([*first, *again])) == REPLICAS
-        for key, a, b in zip(keys, first, again, strict=True):
-            assert a.json()["adapter"]["version"] == b.json()["adapter"]["version"] == expected[key]
-            assert a.headers["x-hotswap-adapter-version"] == f"roll@{expected[key]}"
-        promoted = await http.post("/v1/adapters/roll/rollouts/promote")
-        assert promoted.status_code == 200, promoted.text
-    after = await burst(url, "roll", 4 * MAX_NUM_SEQS, max_tokens=8)
-    assert len(answered_by(after)) == REPLICAS
-    assert versions_of(after) == {("roll", 2)}
