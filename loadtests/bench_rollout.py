@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from server.base_model import prepare_default_base_model  # noqa: E402
 from server.settings import Settings  # noqa: E402
-from tests.support.adapters import make_random_lora, pack_adapter  # noqa: E402
+from tests.support.adapters import make_random_lora, pack_adapter, scaled_lora  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 
 LABELS = ["greeting", "complaint", "question", "praise"]
@@ -62,20 +61,6 @@ def manifest(name: str, build: str) -> dict[str, Any]:
             "label_field": "intent",
         },
     }
-
-
-def scaled_lora(folder: Path, out: Path, factor: float) -> Path:
-    """A copy of a PEFT folder whose LoRA B matrices are `factor` times larger."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(folder / "adapter_config.json", out / "adapter_config.json")
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    with torch.no_grad():
-        scaled = {k: v * factor if "lora_B" in k else v for k, v in tensors.items()}
-    save_file(scaled, str(out / "adapter_model.safetensors"))
-    return out
 
 
 def publish(http: httpx.Client, folder: Path, name: str, build: str, tmp: Path) -> int:

@@ -6,7 +6,6 @@ client request fails in any of them."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from server.rollouts.routing import takes_candidate
 from server.rollouts.stats import label_distance
-from tests.support.adapters import make_random_lora, pack_adapter
+from tests.support.adapters import make_random_lora, pack_adapter, scaled_lora
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.engine
@@ -52,20 +51,6 @@ def manifest(name: str, build: str) -> dict[str, Any]:
             "label_field": "intent",
         },
     }
-
-
-def scaled_lora(folder: Path, out: Path, factor: float) -> Path:
-    """A copy of a PEFT folder whose LoRA B matrices are `factor` times larger."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(folder / "adapter_config.json", out / "adapter_config.json")
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    with torch.no_grad():
-        scaled = {k: v * factor if "lora_B" in k else v for k, v in tensors.items()}
-    save_file(scaled, str(out / "adapter_model.safetensors"))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -48,3 +48,19 @@ def pack_adapter(folder: Path, archive: Path, manifest: Mapping[str, object] | N
             manifest_file.write_text(json.dumps(manifest))
             tar.add(manifest_file, arcname="hotswap.json")
     return archive
+
+
+def scaled_lora(folder: Path, out: Path, factor: float) -> Path:
+    """A copy of a PEFT folder whose LoRA B matrices are `factor` times larger."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(folder / "adapter_config.json", out / "adapter_config.json")
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    with torch.no_grad():
+        scaled = {k: v * factor if "lora_B" in k else v for k, v in tensors.items()}
+    save_file(scaled, str(out / "adapter_model.safetensors"))
+    return out
