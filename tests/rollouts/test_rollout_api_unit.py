@@ -36,7 +36,7 @@ from tests.support.grpc_calls import call_status
 from tests.support.server import free_port
 
 if TYPE_CHECKING:
-    from tests.adapters.conftest import AdapterKit
+    pass
 
 ADMIN = "admin-key-1"
 
@@ -45,13 +45,6 @@ ADMIN = "admin-key-1"
 def database_url() -> None:
     """SQLite: these tests are about the API edges, not the backend."""
     return None
-
-
-@pytest.fixture
-def intent(registry: AdapterRegistry, kit: AdapterKit) -> AdapterRegistry:
-    registry.register(kit.tar_gz(kit.folder(seed=0)))
-    registry.register(kit.tar_gz(kit.folder(seed=1)))
-    return registry
 
 
 class ReadyEngine(StandInEngine):

@@ -33,7 +33,7 @@ from server.schema_policy import SchemaPolicy
 from tests.support.fakes import FakeGuard
 
 if TYPE_CHECKING:
-    from tests.adapters.conftest import AdapterKit
+    pass
 
 SCHEMA = {
     "type": "object",
@@ -75,13 +75,6 @@ class ScriptedEngine:
 def database_url() -> None:
     """SQLite: these tests are about routing and decisions, not the backend."""
     return None
-
-
-@pytest.fixture
-def intent(registry: AdapterRegistry, kit: AdapterKit) -> AdapterRegistry:
-    registry.register(kit.tar_gz(kit.folder(seed=0)))
-    registry.register(kit.tar_gz(kit.folder(seed=1)))
-    return registry
 
 
 def service(
