@@ -18,6 +18,14 @@ import json
 from typing import Any
 
 WHITESPACE_PATTERN = ""
+
+
+def compact_json(obj: Any) -> str:
+    """A document as constrained decoding without whitespace emits it: what training teaches
+    (its targets) and what label scoring reads (`adapters.label_trie.label_answer`)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
 """Whitespace allowed between JSON tokens under the `outlines` backend: none (compact)."""
 
 

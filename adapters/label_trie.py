@@ -18,11 +18,12 @@ branching point. Training and serving share this module, so they compute the sam
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from adapters.json_grammar import compact_json
 
 LabelPrefix = tuple[int, ...]
 """The token ids of an answer's beginning: a node of the trie."""
@@ -38,7 +39,7 @@ class Tokenizer(Protocol):
 
 def label_answer(field_name: str, label: str) -> str:
     """The answer that carries `label`: compact JSON, as training writes its targets."""
-    return json.dumps({field_name: label}, separators=(",", ":"), ensure_ascii=False)
+    return compact_json({field_name: label})
 
 
 def classification_field(

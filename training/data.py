@@ -21,6 +21,7 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.json_grammar import compact_json
 from adapters.manifest import INPUT_PLACEHOLDER, TaskSpec
 from training.recipe import DataConfig, Recipe, TaskConfig
 
@@ -41,11 +42,6 @@ class Example:
     text: str
     target: dict[str, Any]
     source: str = ""
-
-
-def compact_json(obj: Any) -> str:
-    """The assistant completion: compact JSON, as constrained decoding without whitespace emits."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapters.json_grammar import compact_json
 from adapters.manifest import TaskSpec
-from training.data import compact_json
 
 
 def prompt_text(tokenizer: Any, spec: TaskSpec, text: str) -> str:
