@@ -186,29 +186,56 @@ async def test_swap_under_load_fails_no_request(
         assert version in possible, (sent, received, version, swaps)
 
 
-def test_metrics_and_stats_after_traffic(server: RunningServer) -> None:
-    """The traffic of the tests above shows in /metrics and in the stats endpoint."""
+UNKNOWN_ADAPTER_REQUESTS = (
+    'hotswap_requests_total{adapter="unknown",protocol="http",route="generate",'
+    'status="model_not_found",version=""}'
+)
+
+
+def sample(scrape: str, series: str) -> float:
+    """The value of one series (name and every label) in a /metrics scrape; 0 if absent."""
+    for line in scrape.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_and_stats_after_traffic(server: RunningServer, versions: list[Path]) -> None:
+    """This test's own traffic shows in /metrics and in the stats endpoint: an adapter of its
+    own (its second version called pinned before it is promoted, so loaded cold) and one
+    request for an unknown adapter, counted against the scrape before it."""
+    unknown_before = sample(httpx.get(f"{server.url}/metrics").text, UNKNOWN_ADAPTER_REQUESTS)
+    for archive in versions[:2]:
+        assert upload(server, archive, name="metered").status_code == 201
+    answers = [generate(server, "metered@2")]
+    promoted = httpx.post(
+        f"{server.url}/v1/adapters/metered/promote", json={"version": 2}, timeout=300
+    )
+    assert promoted.status_code == 200, promoted.text
     for text in ("hello", "my card is broken", "where is my money?"):
-        generate(server, "intent", text)
+        answers.append(generate(server, "metered", text))
+    unknown = httpx.post(f"{server.url}/v1/generate", json={"adapter": "nope", "input": "x"})
+    assert unknown.status_code == 404, unknown.text
     scrape = httpx.get(f"{server.url}/metrics").text
     for needle in (
-        'hotswap_requests_total{adapter="intent",protocol="http",route="generate",status="ok",',
-        'hotswap_schema_outcomes_total{adapter="intent",outcome="valid"}',
-        'hotswap_labels_total{adapter="intent",label=',
-        'hotswap_drift_window_fill{adapter="intent"}',
-        'hotswap_time_to_first_token_seconds_bucket{adapter="intent",le="0.5",protocol="http"}',
-        'hotswap_requests_total{adapter="unknown",protocol="http",route="generate",'
-        'status="model_not_found",version=""}',
-        'hotswap_adapter_cold_loads_total{adapter="intent"}',
-        'hotswap_adapter_swaps_total{adapter="intent",kind="promote"}',
-        'hotswap_adapter_load_seconds_count{adapter="intent"}',
+        'hotswap_requests_total{adapter="metered",protocol="http",route="generate",status="ok",',
+        'hotswap_schema_outcomes_total{adapter="metered",outcome="valid"}',
+        'hotswap_labels_total{adapter="metered",label=',
+        'hotswap_drift_window_fill{adapter="metered"}',
+        'hotswap_time_to_first_token_seconds_bucket{adapter="metered",le="0.5",protocol="http"}',
+        'hotswap_adapter_cold_loads_total{adapter="metered"}',
+        'hotswap_adapter_swaps_total{adapter="metered",kind="promote"}',
+        'hotswap_adapter_load_seconds_count{adapter="metered"}',
         "vllm:num_requests_running",
         "vllm:kv_cache_usage_perc",
     ):
         assert needle in scrape, needle
-    stats = httpx.get(f"{server.url}/v1/adapters/intent/stats").json()
-    assert stats["valid"] >= 3 and stats["invalid"] == 0 and stats["validity_rate"] == 1.0
-    assert sum(stats["labels"].values()) == stats["drift"]["window_count"] >= 3
+    assert sample(scrape, UNKNOWN_ADAPTER_REQUESTS) == unknown_before + 1
+    assert all(answer["valid"] is True for answer in answers), answers
+    stats = httpx.get(f"{server.url}/v1/adapters/metered/stats").json()
+    assert stats["valid"] == len(answers) and stats["invalid"] == 0
+    assert stats["validity_rate"] == 1.0
+    assert sum(stats["labels"].values()) == stats["drift"]["window_count"] == len(answers)
     assert set(stats["labels"]) <= {"greeting", "complaint", "question"}
     assert 0 < stats["drift"]["window_fill"] <= 1
     assert httpx.get(f"{server.url}/v1/adapters/nope/stats").status_code == 404

@@ -189,7 +189,8 @@ async def test_async_check_does_not_block_the_event_loop(base_model_path: Path) 
 
 
 def test_close_leaves_no_process_or_thread(base_model_path: Path) -> None:
-    threads_before = threading.active_count()
+    # the threads alive before, not their count: another test's may end meanwhile
+    threads_before = set(threading.enumerate())
     guard = CompileGuard(base_model_path, workers=2)
     guard.start()
     verdicts = asyncio.run(_two_checks(guard))
@@ -199,7 +200,8 @@ def test_close_leaves_no_process_or_thread(base_model_path: Path) -> None:
     guard.close()
     guard.close()  # idempotent
     assert all(_wait_gone(pid) for pid in pids)
-    assert threading.active_count() == threads_before
+    left = [thread for thread in threading.enumerate() if thread not in threads_before]
+    assert not left, left
     me = psutil.Process()
     assert not set(pids) & {child.pid for child in me.children(recursive=True)}
     with pytest.raises(RuntimeError):
