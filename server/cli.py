@@ -37,7 +37,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
     base_model: Annotated[
-        str | None, typer.Option(help="HF model folder or hub id (default: SmolLM2-135M).")
+        str | None,
+        typer.Option(
+            help="Short name (smollm2-135m, gemma3-270m), HF model folder or hub id "
+            "(default: smollm2-135m)."
+        ),
     ] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float16 or float32.")] = None,
     adapter: Annotated[
@@ -81,9 +85,16 @@ def serve(
 
 @app.command("prepare-model")
 def prepare_model(
-    base_model: Annotated[str | None, typer.Option(help="HF model folder or hub id.")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Short name (smollm2-135m, gemma3-270m), HF model folder or hub id "
+            "(default: smollm2-135m)."
+        ),
+    ] = None,
 ) -> None:
-    """Prepare the base model once (convert the embedded default) and print its fingerprint."""
+    """Prepare the base model once (convert a short name's GGUF from its PyPI package under
+    HOTSWAP_HOME/models) and print its name, folder and fingerprint."""
     from server.base_model import resolve_base_model
 
     settings = Settings()

@@ -311,10 +311,13 @@ class Engine:
         self._require()
         return len(self._tokenizer)
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text`. Blocks (CPU): call it from a worker thread for a request."""
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`. `add_special_tokens` for a raw completion prompt, as vLLM's own
+        completions API encodes one (a `<bos>` where the model wants it: Gemma); chat-rendered
+        text carries its special tokens already. Blocks (CPU): call it from a worker thread
+        for a request."""
         self._require()
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     async def load_lora(self, lora: LoraTarget) -> None:
         """Load an adapter into the engine and run one token through it, so that the first

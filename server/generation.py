@@ -239,7 +239,9 @@ class GenerationService:
         if messages is not None:
             prompt_ids = await asyncio.to_thread(render_chat, self._engine, messages, request.tools)
         elif request.prompt is not None:
-            prompt_ids = await asyncio.to_thread(self._engine.tokenize, request.prompt)
+            prompt_ids = await asyncio.to_thread(
+                self._engine.tokenize, request.prompt, add_special_tokens=True
+            )
         elif request.prompt_token_ids is not None:
             prompt_ids = list(request.prompt_token_ids)
         else:

@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     )
     base_model: str | None = Field(
         default=None,
-        description="A local HF model folder or hub id; unset serves the embedded SmolLM2-135M.",
+        description="A short name (smollm2-135m, gemma3-270m: prepared under <home>/models), a "
+        "local HF model folder or a hub id; unset: smollm2-135m (SmolLM2-135M-Instruct).",
     )
     served_model_name: str | None = Field(
         default=None, description="Name of the base model in `model`; defaults to its folder name."

@@ -198,7 +198,7 @@ class CountingEngine(FakeEngine):
         self.threads.append(threading.current_thread())
         return super().render_chat(messages)
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         self.calls += 1
         self.threads.append(threading.current_thread())
         return super().tokenize(text)

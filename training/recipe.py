@@ -207,7 +207,9 @@ class Recipe(BaseModel):
     name: AdapterName
     description: str = ""
     base_model: str | None = Field(
-        default=None, description="HF folder of the base; default: the prepared SmolLM2-135M."
+        default=None,
+        description="A short name (smollm2-135m, gemma3-270m: prepared under HOTSWAP_HOME) or "
+        "an HF folder of the base; default: smollm2-135m (SmolLM2-135M-Instruct).",
     )
     data: DataConfig
     task: TaskConfig = Field(default_factory=TaskConfig)

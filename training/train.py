@@ -21,6 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from adapters.base_models import (
+    DEFAULT_BASE_MODEL,
+    BaseModelError,
+    catalog_entry,
+    prepare_base_model,
+)
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec, TrainingInfo
 from training.data import Example, PreparedData, prepare_data, write_jsonl_examples
 from training.framing import completion_ids, prompt_ids
@@ -29,7 +35,6 @@ from training.recipe import Recipe
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOME = Path(os.environ.get("HOTSWAP_HOME", Path.home() / ".cache" / "hotswap"))
-DEFAULT_BASE_DIR = DEFAULT_HOME / "models" / "SmolLM2-135M-Instruct"
 IGNORE_INDEX = -100
 
 
@@ -55,8 +60,15 @@ class TrainResult(BaseModel):
 
 
 def base_model_dir(recipe: Recipe) -> Path:
-    """The base model folder: the recipe's, else the prepared default under HOTSWAP_HOME."""
-    path = recipe.resolve(recipe.base_model) if recipe.base_model else DEFAULT_BASE_DIR
+    """The base model folder: a catalog short name (None: the default) prepared under
+    HOTSWAP_HOME, as the server prepares it, else the recipe's HF folder."""
+    spec = recipe.base_model or DEFAULT_BASE_MODEL
+    if catalog_entry(spec) is not None:
+        try:
+            return prepare_base_model(spec, DEFAULT_HOME)
+        except BaseModelError as exc:
+            raise TrainingError(str(exc)) from exc
+    path = recipe.resolve(spec)
     if not (path / "config.json").is_file():
         raise TrainingError(
             f"{path} is not a prepared HF model folder; run `hotswap prepare-model` first"

@@ -56,7 +56,7 @@ class SlowEngine:
     def render_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return [ord(c) for m in messages for c in m["content"]]
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         return [ord(c) for c in text]
 
     async def generate(

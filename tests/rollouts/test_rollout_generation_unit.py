@@ -56,7 +56,7 @@ class ScriptedEngine:
     def render_chat(self, messages: object) -> list[int]:
         return [1, 2, 3]
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         return [ord(c) for c in text]
 
     async def generate(

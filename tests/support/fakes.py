@@ -32,7 +32,7 @@ class FakeEngine:
     def render_chat(self, messages: Sequence[Mapping[str, object]]) -> list[int]:
         return [ord(c) for m in messages for c in str(m["content"])]
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         return [ord(c) for c in text]
 
     async def generate(
