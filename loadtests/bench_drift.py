@@ -51,6 +51,7 @@ from server.metrics.drift import (
     DEFAULT_THRESHOLDS,
     DEFAULT_WINDOW_SIZE,
     MIN_EXPECTED,
+    OTHER_LABEL,
     DriftMonitor,
     ReferenceDistribution,
     chi2_pvalue,
@@ -453,7 +454,11 @@ def run_served(archive: Path, data_dir: Path, windows: int, seed: int) -> None:
         predicted = task.calibration is not None and task.calibration.predicted_distribution
         test_mix = Counter(data.reference.labels[b] for b in data.test_bins)
         traffic = ReferenceDistribution(
-            {label: test_mix[label] / len(data.test_bins) for label in data.reference.labels}
+            {
+                label: test_mix[label] / len(data.test_bins)
+                for label in data.reference.labels
+                if label != OTHER_LABEL
+            }
             if predicted
             else task.drift_reference
         )
