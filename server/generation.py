@@ -9,8 +9,8 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -554,34 +554,18 @@ class GenerationService:
         self, prepared: PreparedRequest, plan: LabelPlan, request_id: str
     ) -> tuple[LabelDistribution, list[GenerationResult]]:
         """Score the labels and answer with the most probable one (as training wrote it)."""
-        model = prepared.model
-        prompt_tokens = len(prepared.prompt_token_ids)
-        recorder = RequestRecorder(
-            model.name, str(model.version or ""), prepared.protocol, prepared.route
-        )
-        status, completion_tokens = "aborted", 0
-        counted = 0 if prepared.shadow else 1
-        self._in_flight += counted
-        try:
+        with self._engine_run(prepared, choices=1) as run:
             distribution = await self._scorer.distribution(
-                plan, model, prepared.prompt_token_ids, request_id
+                plan, prepared.model, prepared.prompt_token_ids, request_id
             )
             best, _ = distribution.best
-            completion_tokens = len(plan.trie.sequences[plan.trie.labels.index(best)]) + 1
-            recorder.token(completion_tokens)
-            status = "ok"
-        except HotswapError as exc:
-            status = exc.code
-            raise
-        finally:
-            self._in_flight -= counted
-            recorder.finish(status, prompt_tokens, completion_tokens)
+            run.token(len(plan.trie.sequences[plan.trie.labels.index(best)]) + 1)
         result = GenerationResult(
-            model=model,
+            model=prepared.model,
             text=label_answer(plan.field, best),
             finish_reason="stop",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            prompt_tokens=len(prepared.prompt_token_ids),
+            completion_tokens=run.completion_tokens,
         )
         outcome = await self._judge(prepared, result, retrying=False)
         if outcome is not None and not outcome.valid and prepared.schema is not None:
@@ -635,40 +619,43 @@ class GenerationService:
     ) -> AsyncGenerator[Chunk, None]:
         """One engine run of `len(results)` choices; fills in `results` (text, counts,
         log-probabilities) as it goes, the engine's choice i into `results[i]`."""
-        model = prepared.model
-        recorder = RequestRecorder(
-            model.name, str(model.version or ""), prepared.protocol, prepared.route
-        )
         for result in results:
             result.prompt_tokens = len(prepared.prompt_token_ids)
         parts: list[list[str]] = [[] for _ in results]
-        status = "aborted"
-        counted = 0 if prepared.shadow else len(results)
-        self._in_flight += counted
-        try:
+        with self._engine_run(prepared, choices=len(results)) as run:
             async for chunk in self._engine.generate(
-                prepared.prompt_token_ids, prepared.sampling, request_id, model.lora
+                prepared.prompt_token_ids, prepared.sampling, request_id, prepared.model.lora
             ):
                 result = results[chunk.index]
                 parts[chunk.index].append(chunk.text)
                 result.completion_tokens = chunk.completion_tokens
                 result.finish_reason = chunk.finish_reason
                 result.logprobs.extend(chunk.logprobs)
-                recorder.token(sum(r.completion_tokens for r in results))
+                run.token(sum(r.completion_tokens for r in results))
                 yield dataclasses.replace(chunk, index=result.index)
-            status = "ok"
+        for result, texts in zip(results, parts, strict=True):
+            result.text = "".join(texts)
+
+    @contextmanager
+    def _engine_run(self, prepared: PreparedRequest, choices: int) -> Iterator[_EngineRun]:
+        """One run on the engine, accounted: `choices` more requests in flight while it lasts
+        (a shadow copy is not counted), its request metrics recorded when it ends, with the
+        status `ok`, the error's code, or `aborted` (cancelled, or the stream closed)."""
+        model = prepared.model
+        run = _EngineRun(
+            RequestRecorder(model.name, str(model.version or ""), prepared.protocol, prepared.route)
+        )
+        counted = 0 if prepared.shadow else choices
+        self._in_flight += counted
+        try:
+            yield run
+            run.status = "ok"
         except HotswapError as exc:
-            status = exc.code
+            run.status = exc.code
             raise
         finally:
             self._in_flight -= counted
-            recorder.finish(
-                status,
-                len(prepared.prompt_token_ids),
-                sum(r.completion_tokens for r in results),
-            )
-        for result, texts in zip(results, parts, strict=True):
-            result.text = "".join(texts)
+            run.recorder.finish(run.status, len(prepared.prompt_token_ids), run.completion_tokens)
 
     async def _judge(
         self, prepared: PreparedRequest, result: GenerationResult, retrying: bool
@@ -690,6 +677,20 @@ class GenerationService:
         else:
             SCHEMA_OUTCOMES.labels(name, "retried" if retrying else "invalid").inc()
         return outcome
+
+
+@dataclass
+class _EngineRun:
+    """The request metrics of one engine run, as it goes."""
+
+    recorder: RequestRecorder
+    completion_tokens: int = 0
+    status: str = "aborted"
+
+    def token(self, completion_tokens: int) -> None:
+        """The run has produced `completion_tokens` so far (all its choices together)."""
+        self.completion_tokens = completion_tokens
+        self.recorder.token(completion_tokens)
 
 
 def _record(
