@@ -87,9 +87,16 @@ class LabelTrie:
             tuple(tokenizer.encode(label_answer(field_name, label), add_special_tokens=False))
             for label in labels
         )
+        return cls.from_sequences(labels, sequences)
+
+    @classmethod
+    def from_sequences(cls, labels: Sequence[str], sequences: Sequence[LabelPrefix]) -> LabelTrie:
+        """The trie of one token sequence per label (`build`'s answers, or any others:
+        `adapters.label_sets` builds tries of array items). Raises ValueError when one
+        sequence begins another."""
         edges: dict[LabelPrefix, dict[int, Edge]] = {}
         root = _branch(sequences, range(len(sequences)), 0, edges) if len(labels) > 1 else None
-        return cls(tuple(labels), sequences, root, edges)
+        return cls(tuple(labels), tuple(sequences), root, edges)
 
     @property
     def branching_points(self) -> list[LabelPrefix]:
@@ -106,7 +113,7 @@ class LabelTrie:
         sequence = self.sequences[label]
         while node is not None:
             token = sequence[len(node)]
-            total += _tempered(known[node], self.children(node), temperature)[token]
+            total += tempered(known[node], self.children(node), temperature)[token]
             node = self.edges[node][token].branch
         return total
 
@@ -137,11 +144,11 @@ def _branch(
     return prefix
 
 
-def _tempered(
+def tempered(
     logprobs: Mapping[int, float], children: Sequence[int], temperature: float
 ) -> dict[int, float]:
-    """The children's log-probabilities renormalised among them, after dividing by
-    `temperature` (a token the engine did not report counts as impossible)."""
+    """At one branching point: the children's log-probabilities renormalised among them,
+    after dividing by `temperature` (a token the engine did not report counts as impossible)."""
     scaled = {c: logprobs.get(c, -math.inf) / temperature for c in children}
     top = max(scaled.values())
     if top == -math.inf:
@@ -184,6 +191,10 @@ class LabelSearch:
     def add(self, prefix: LabelPrefix, logprobs: Mapping[int, float]) -> None:
         self.known[prefix] = logprobs
 
+    def children(self, prefix: LabelPrefix) -> tuple[int, ...]:
+        """The tokens whose log-probabilities a read of branching point `prefix` gives."""
+        return self.trie.children(prefix)
+
     def pending(self) -> list[LabelPrefix]:
         """The unexpanded branching points worth a forward pass: those at least as probable
         as the floor, or as the best label scored so far when that is lower (so the most
@@ -218,9 +229,9 @@ class LabelSearch:
                 frontier[node] = math.exp(logmass)
                 continue
             children = self.trie.edges[node]
-            tempered = _tempered(self.known[node], tuple(children), self.temperature)
+            scaled = tempered(self.known[node], tuple(children), self.temperature)
             for token, edge in children.items():
-                mass = logmass + tempered[token]
+                mass = logmass + scaled[token]
                 if edge.label is not None:
                     labels[edge.label] = math.exp(mass)
                 else:

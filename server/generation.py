@@ -14,11 +14,19 @@ from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.label_sets import label_set_field
 from adapters.label_trie import LabelDistribution, classification_field, label_answer
 from server.catalog import ModelCatalog, RolloutRoute, ServedModel
 from server.engine import MAX_SEED, Chunk, Engine, Sampling, TokenLogprob
 from server.errors import HotswapError, InvalidRequest, PromptTooLong, QueueFull
-from server.label_scores import DEFAULT_TOP_LABELS, LabelPlan, LabelScorer, LabelVerdict, verdict
+from server.label_scores import (
+    DEFAULT_TOP_LABELS,
+    LabelPlan,
+    LabelScorer,
+    LabelSetPlan,
+    LabelVerdict,
+    verdict,
+)
 from server.metrics.instruments import SCHEMA_ENGINES, SCHEMA_OUTCOMES, UNKNOWN_ADAPTER
 from server.metrics.labels import LabelTracker, labels_of
 from server.metrics.requests import RequestRecorder, record_refusal
@@ -110,6 +118,9 @@ class PreparedRequest:
     schema: AdmittedSchema | None = None
     labels: LabelPlan | None = None
     """Set for a classification task's text input: its labels are scored."""
+    label_sets: LabelSetPlan | None = None
+    """Set for a multi-label task's text input: its answer is generated, and each label's
+    probability of being in the answer's set is read beside it."""
     shadow: bool = False
     """A rollout's shadow copy: never returned, outside the admission limit and the
     adapter's schema and label metrics (`server.rollouts`)."""
@@ -136,6 +147,9 @@ class GenerationResult:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     label: LabelVerdict | None = None
     """Of a classification task: the answer's label probability, the top labels, abstention."""
+    label_probabilities: tuple[tuple[str, float], ...] | None = None
+    """Of a multi-label task: the labels most probably in the answer's set, each with that
+    probability (they do not sum to 1), most probable first."""
 
 
 class GenerationService:
@@ -296,6 +310,7 @@ class GenerationService:
         if admitted is not None:
             SCHEMA_ENGINES.labels(model.name, admitted.grammar_engine).inc()
         scored = request.task_input is not None and request.json_schema is None
+        labels = await self._label_plan(request, model) if scored else None
         return PreparedRequest(
             model=model,
             prompt_token_ids=prompt_ids,
@@ -303,7 +318,10 @@ class GenerationService:
             protocol=request.protocol,
             route=request.route,
             schema=admitted,
-            labels=await self._label_plan(request, model) if scored else None,
+            labels=labels,
+            label_sets=await self._label_set_plan(request, model)
+            if scored and labels is None
+            else None,
         )
 
     async def _label_plan(self, request: GenerationRequest, model: ServedModel) -> LabelPlan | None:
@@ -334,6 +352,28 @@ class GenerationService:
             and request.n == 1
             and request.logprobs is None
             and (request.max_tokens is None or request.max_tokens >= longest),
+        )
+
+    async def _label_set_plan(
+        self, request: GenerationRequest, model: ServedModel
+    ) -> LabelSetPlan | None:
+        """How the labels of a task call are read beside its answer; None unless the adapter's
+        task is multi-label (its schema one array of its labels, `label_set_field`) and the
+        tokenizer writes its answers as their pieces."""
+        task = model.task
+        if task is None or task.labels is None:
+            return None
+        set_field = label_set_field(task.output_schema, task.labels)
+        if set_field is None:
+            return None
+        grammar = await self._scorer.grammar(model, set_field, task.labels)
+        if grammar is None:
+            return None
+        calibration = task.calibration
+        return LabelSetPlan(
+            grammar=grammar,
+            temperature=calibration.temperature if calibration else 1.0,
+            top_k=request.top_labels,
         )
 
     def _check_length(self, request: GenerationRequest) -> None:
@@ -463,6 +503,10 @@ class GenerationService:
                 outcome = await self._judge(prepared, result, retrying=False)
                 if outcome is not None and not outcome.valid and prepared.schema is not None:
                     raise self._schemas.violation(prepared.schema, outcome, attempts=1)
+            if prepared.label_sets is not None:  # read once the answer is sent
+                probabilities = await self._label_sets(prepared, prepared.label_sets, request_id)
+                for result in results:
+                    result.label_probabilities = probabilities
         except HotswapError as exc:
             _record(prepared, started, results, exc)
             raise
@@ -529,10 +573,25 @@ class GenerationService:
         on its own (up to the policy's `max_retries`, another seed, temperature > 0, counted
         `retried`); a choice's last failure raises `SchemaViolation`. Usage counts the returned
         attempts only. A classification task's labels are scored: each choice carries its
-        label's verdict, and a greedy call is answered with the most probable label."""
+        label's verdict, and a greedy call is answered with the most probable label. A
+        multi-label task's label probabilities are read beside the generation (not for a
+        shadow copy: they would not be returned)."""
         plan = prepared.labels
         if plan is None:
-            return await self._generate(prepared, request_id)
+            if prepared.label_sets is None or prepared.shadow:
+                return await self._generate(prepared, request_id)
+            scoring = asyncio.ensure_future(
+                self._label_sets(prepared, prepared.label_sets, request_id)
+            )
+            try:
+                results = await self._generate(prepared, request_id)
+            except BaseException:
+                scoring.cancel()
+                raise
+            probabilities = await scoring
+            for result in results:
+                result.label_probabilities = probabilities
+            return results
         if plan.answer_directly:
             distribution, results = await self._answer(prepared, plan, request_id)
         else:
@@ -549,6 +608,15 @@ class GenerationService:
             if result.label.abstained:
                 result.text, result.output = "", None
         return results
+
+    async def _label_sets(
+        self, prepared: PreparedRequest, plan: LabelSetPlan, request_id: str
+    ) -> tuple[tuple[str, float], ...]:
+        """The `top_k` labels most probably in the answer's set, with their probabilities."""
+        distribution = await self._scorer.label_sets(
+            plan, prepared.model, prepared.prompt_token_ids, request_id
+        )
+        return distribution.top(plan.top_k)
 
     async def _answer(
         self, prepared: PreparedRequest, plan: LabelPlan, request_id: str

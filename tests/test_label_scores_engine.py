@@ -188,3 +188,68 @@ def test_grpc_returns_the_same_verdict(
         timeout=60,
     )
     assert refused.status_code == 422 and "top_labels" in refused.text
+
+
+SET_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "intents": {"type": "array", "items": {"type": "string", "enum": LABELS}, "maxItems": 3},
+        "urgent": {"type": "boolean"},
+    },
+    "required": ["intents", "urgent"],
+    "additionalProperties": False,
+}
+
+
+def test_a_multi_label_answer_carries_each_labels_probability(
+    server: RunningServer,
+    base_model_path: Path,
+    tmp_path: Path,
+    inference: inference_pb2_grpc.InferenceStub,
+) -> None:
+    folder = make_random_lora(
+        base_model_path, tmp_path / "lora", seed=21, rank=8, target_modules=["q_proj", "v_proj"]
+    )
+    manifest = {
+        "name": "labels-multi",
+        "task": {
+            "system_message": "List the intents of the banking request.",
+            "output_schema": SET_SCHEMA,
+            "labels": LABELS,
+            "label_field": "intents",
+        },
+    }
+    archive = pack_adapter(folder, tmp_path / "multi.tar.gz", manifest)
+    with archive.open("rb") as fh:
+        uploaded = httpx.post(
+            f"{server.url}/v1/adapters",
+            files={"file": (archive.name, fh, "application/gzip")},
+            timeout=300,
+        )
+    assert uploaded.status_code in (200, 201), uploaded.text
+    answer = generate(server, adapter="labels-multi", input=TEXTS[0], top_labels=5)
+    assert answer["valid"] is True
+    assert answer["confidence"] is None and answer["abstained"] is None
+    assert answer["top_labels"] is None
+    scored = {e["label"]: e["probability"] for e in answer["label_probabilities"]}
+    probabilities = list(scored.values())
+    assert 0 < len(scored) <= 5 and probabilities == sorted(probabilities, reverse=True)
+    assert all(0 <= p <= 1 for p in probabilities)
+    # Their sum is the expected size of the set: at most maxItems.
+    assert sum(probabilities) <= 3 + 1e-9
+    chosen = answer["output"]["intents"]
+    if chosen:
+        # Greedy opened the array (probability >= 1/2) and took its most probable first label.
+        assert all(label in scored for label in chosen)
+        assert scored[chosen[0]] >= 1 / (2 * len(LABELS)) - 1e-6
+        assert sum(probabilities) >= 0.5 - 1e-6
+    else:
+        # Greedy wrote [] (probability >= 1/2): no label is in the set more often than not.
+        assert max(probabilities) <= 0.5 + 1e-6
+    reply = inference.Generate(
+        pb.GenerateRequest(adapter="labels-multi", text=TEXTS[0], top_labels=2), timeout=300
+    )
+    assert [
+        (e.label, pytest.approx(e.probability, rel=1e-3)) for e in reply.label_probabilities
+    ] == list(scored.items())[:2]
+    assert not reply.HasField("confidence") and not reply.HasField("abstained")

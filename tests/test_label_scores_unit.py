@@ -11,7 +11,8 @@ import pytest
 from adapters.manifest import Calibration, TaskSpec
 from server.catalog import ServedModel
 from server.engine import Chunk, LoraTarget, Sampling
-from server.generation import GenerationRequest, GenerationService
+from server.generation import GenerationRequest, GenerationResult, GenerationService
+from server.grpc_api.inference import response
 from server.metrics.labels import LabelTracker
 from server.schema_policy import SchemaPolicy
 from tests.support.fakes import LORA, FakeEngine, FakeGuard
@@ -127,3 +128,76 @@ async def test_an_explicit_schema_or_chat_input_is_not_scored() -> None:
         GenerationRequest(model="a", messages=[{"role": "user", "content": "hi"}])
     )
     assert explicit.labels is None and chat.labels is None
+
+
+SET_SCHEMA = {
+    "type": "object",
+    "properties": {"f": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}},
+    "required": ["f"],
+}
+# Next characters after each prefix of the answer: sets [] .2, [a] .3, [a,a] .09, [a,b] .21,
+# [b] .12, [b,a] .072, [b,b] .008; so P(a in set) = .672, P(b in set) = .41.
+SET_MODEL = {
+    '{"f":[': {"]": 0.2, '"': 0.8},
+    '{"f":["': {"a": 0.75, "b": 0.25},
+    '{"f":["a"': {",": 0.5, "]": 0.5},
+    '{"f":["b"': {",": 0.4, "]": 0.6},
+    '{"f":["a","': {"a": 0.3, "b": 0.7},
+    '{"f":["b","': {"a": 0.9, "b": 0.1},
+}
+
+
+class SetScoringEngine(FakeEngine):
+    """A fake engine whose scored positions report `SET_MODEL` for the answer so far."""
+
+    async def generate(
+        self, ids: list[int], sampling: Sampling, request_id: str, lora: LoraTarget | None = None
+    ) -> AsyncIterator[Chunk]:
+        if not sampling.scored_token_ids:
+            async for chunk in super().generate(ids, sampling, request_id, lora):
+                yield chunk
+            return
+        self.seen.append((ids, sampling, lora))
+        text = "".join(map(chr, ids))
+        probabilities = SET_MODEL[text[text.index("{") :]]
+        scores = {t: math.log(probabilities[chr(t)]) for t in sampling.scored_token_ids}
+        yield Chunk("", len(ids), 1, "length", scores=(scores,))
+
+
+def set_service(reply: str) -> tuple[GenerationService, SetScoringEngine]:
+    task = TaskSpec(output_schema=SET_SCHEMA, labels=["a", "b"], label_field="f")
+    engine = SetScoringEngine(reply)
+    gen = GenerationService(
+        engine,  # type: ignore[arg-type]
+        Catalog(task),  # type: ignore[arg-type]
+        200,
+        16,
+        8,
+        LabelTracker(),
+        SchemaPolicy(FakeGuard(budget=40)),
+    )
+    return gen, engine
+
+
+async def test_a_multi_label_answer_is_generated_with_each_labels_probability() -> None:
+    gen, engine = set_service('{"f":["b"]}')
+    prepared = await gen.prepare(GenerationRequest(model="a", task_input="hi", temperature=0.0))
+    assert prepared.labels is None and prepared.label_sets is not None
+    (result,) = await gen.complete(prepared, "r1")
+    assert result.output == {"f": ["b"]} and result.valid is True
+    assert result.label is None  # no confidence, no abstention
+    assert result.label_probabilities == (("a", pytest.approx(0.672)), ("b", pytest.approx(0.41)))
+    scored = [s for _, s, _ in engine.seen if s.scored_token_ids]
+    assert len(scored) == 6 and len(engine.seen) == 7  # six reads beside one generation
+    streamed = await gen.prepare(
+        GenerationRequest(model="a", task_input="hi", temperature=0.0, top_labels=1)
+    )
+    results: list[GenerationResult] = []
+    chunks = [chunk async for chunk in gen.stream(streamed, "r2", results)]
+    assert "".join(c.text for c in chunks) == '{"f":["b"]}'
+    assert results[0].label_probabilities == (("a", pytest.approx(0.672)),)
+    reply = response(results)
+    assert [(e.label, e.probability) for e in reply.label_probabilities] == [
+        ("a", pytest.approx(0.672))
+    ]
+    assert not reply.HasField("confidence") and not reply.HasField("abstained")

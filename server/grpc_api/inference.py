@@ -133,6 +133,7 @@ def response(
         logprobs=first.logprobs,
         choices=choices,
         top_labels=first.top_labels,
+        label_probabilities=first.label_probabilities,
     )
     if model.version is not None:
         message.adapter.version = model.version
@@ -171,6 +172,10 @@ def _choice(result: GenerationResult) -> pb.Choice:
         choice.top_labels.extend(
             pb.LabelProbability(label=label, probability=p) for label, p in result.label.top_labels
         )
+    choice.label_probabilities.extend(
+        pb.LabelProbability(label=label, probability=p)
+        for label, p in result.label_probabilities or ()
+    )
     return choice
 
 

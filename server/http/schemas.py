@@ -263,7 +263,8 @@ class GenerateChoice(BaseModel):
     confidence: float | None = Field(
         default=None,
         description="Of a classification task: the calibrated probability of the answered "
-        "label (null for other tasks, or a label too improbable to be scored).",
+        "label (null for other tasks, a multi-label task included, or a label too improbable "
+        "to be scored).",
     )
     top_labels: list[LabelProbability] | None = Field(
         default=None,
@@ -273,7 +274,15 @@ class GenerateChoice(BaseModel):
         default=None,
         description="Of a classification task: true when the confidence is below the "
         "threshold (`abstain_below`); `output` is then null and `top_labels` say what it "
-        "hesitated between.",
+        "hesitated between. Null for other tasks, a multi-label task included.",
+    )
+    label_probabilities: list[LabelProbability] | None = Field(
+        default=None,
+        description="Of a multi-label task (its schema one array of its labels): the "
+        "`top_labels` labels most probably in the answer's set, most probable first, each "
+        "with its own calibrated probability of being in the set under the adapter. They do "
+        "not sum to 1; labels less probable than the search's floor are left out. Null for "
+        "other tasks.",
     )
 
 

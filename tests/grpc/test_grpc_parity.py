@@ -98,6 +98,11 @@ def _choice_dict(message: pb.GenerateResponse | pb.Choice, index: int) -> dict[s
         if message.HasField("abstained")
         else None,
         "abstained": message.abstained if message.HasField("abstained") else None,
+        "label_probabilities": [
+            {"label": entry.label, "probability": entry.probability}
+            for entry in message.label_probabilities
+        ]
+        or None,
     }
 
 

@@ -68,4 +68,7 @@ def _choice(result: GenerationResult, logprobs: bool) -> GenerateChoice:
         if label
         else None,
         abstained=label.abstained if label else None,
+        label_probabilities=None
+        if result.label_probabilities is None
+        else [LabelProbability(label=n, probability=p) for n, p in result.label_probabilities],
     )
