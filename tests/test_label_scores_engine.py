@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.grpc_api.gen.hotswap.v1 import inference_pb2 as pb
 from server.grpc_api.gen.hotswap.v1 import inference_pb2_grpc
 from server.grpc_api.structs import from_struct
-from tests.support.adapters import make_random_lora, pack_adapter
+from tests.support.adapters import make_random_lora, pack_adapter, upload_adapter
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.engine
@@ -58,12 +58,7 @@ def adapters(server: RunningServer, base_model_path: Path, tmp_path: Path) -> di
     }
     for key, manifest in manifests.items():
         archive = pack_adapter(folder, tmp_path / f"{key}.tar.gz", manifest)
-        with archive.open("rb") as fh:
-            response = httpx.post(
-                f"{server.url}/v1/adapters",
-                files={"file": (archive.name, fh, "application/gzip")},
-                timeout=300,
-            )
+        response = upload_adapter(server.url, archive)
         assert response.status_code in (200, 201), response.text
     return names
 
@@ -220,12 +215,7 @@ def test_a_multi_label_answer_carries_each_labels_probability(
         },
     }
     archive = pack_adapter(folder, tmp_path / "multi.tar.gz", manifest)
-    with archive.open("rb") as fh:
-        uploaded = httpx.post(
-            f"{server.url}/v1/adapters",
-            files={"file": (archive.name, fh, "application/gzip")},
-            timeout=300,
-        )
+    uploaded = upload_adapter(server.url, archive)
     assert uploaded.status_code in (200, 201), uploaded.text
     answer = generate(server, adapter="labels-multi", input=TEXTS[0], top_labels=5)
     assert answer["valid"] is True

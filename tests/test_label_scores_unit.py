@@ -60,7 +60,12 @@ def scored_service(
         output_schema=SCHEMA, labels=LABELS, label_field="label", calibration=calibration
     )
     engine = ScoringEngine(reply)
-    gen = GenerationService(
+    return service(task, engine), engine
+
+
+def service(task: TaskSpec, engine: FakeEngine) -> GenerationService:
+    """A generation service over `engine` whose every model serves `task`."""
+    return GenerationService(
         engine,  # type: ignore[arg-type]
         Catalog(task),  # type: ignore[arg-type]
         200,
@@ -69,7 +74,6 @@ def scored_service(
         LabelTracker(),
         SchemaPolicy(FakeGuard(budget=40)),
     )
-    return gen, engine
 
 
 async def test_a_greedy_call_answers_the_most_probable_label_without_generating() -> None:
@@ -167,16 +171,7 @@ class SetScoringEngine(FakeEngine):
 def set_service(reply: str) -> tuple[GenerationService, SetScoringEngine]:
     task = TaskSpec(output_schema=SET_SCHEMA, labels=["a", "b"], label_field="f")
     engine = SetScoringEngine(reply)
-    gen = GenerationService(
-        engine,  # type: ignore[arg-type]
-        Catalog(task),  # type: ignore[arg-type]
-        200,
-        16,
-        8,
-        LabelTracker(),
-        SchemaPolicy(FakeGuard(budget=40)),
-    )
-    return gen, engine
+    return service(task, engine), engine
 
 
 async def test_a_multi_label_answer_is_generated_with_each_labels_probability() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.adapters import make_random_lora, pack_adapter
+from tests.support.adapters import make_random_lora, pack_adapter, upload_adapter
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.engine
@@ -51,13 +51,7 @@ def versions(base_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def upload(server: RunningServer, archive: Path, **form: str) -> httpx.Response:
-    with archive.open("rb") as fh:
-        return httpx.post(
-            f"{server.url}/v1/adapters",
-            files={"file": (archive.name, fh, "application/gzip")},
-            data=form,
-            timeout=300,
-        )
+    return upload_adapter(server.url, archive, form)
 
 
 def generate(server: RunningServer, adapter: str, text: str = "hello there") -> dict[str, object]:

@@ -409,8 +409,7 @@ def _runs(
             engine, manifest.name, spec, field, trie, test, validation, adapter_dir
         )
     else:
-        temperature = spec.calibration.temperature if spec.calibration else 1.0
-        searches = [LabelSearch(trie, temperature) for _ in test]
+        searches = [LabelSearch(trie, spec.label_temperature) for _ in test]
         adapter_run = _search_run(engine, manifest.name, spec, field, searches, test, adapter_dir)
     base_run = None
     if compare_base:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.adapters import make_random_lora, pack_adapter
+from tests.support.adapters import make_random_lora, pack_adapter, upload_adapter
 from tests.support.prometheus import RunningPrometheus, start_prometheus
 from tests.support.server import RunningServer
 
@@ -90,12 +90,7 @@ def obs_adapter(
         },
     }
     archive = pack_adapter(folder, root / "obs.tar.gz", manifest)
-    with archive.open("rb") as fh:
-        uploaded = httpx.post(
-            f"{server.url}/v1/adapters",
-            files={"file": (archive.name, fh, "application/gzip")},
-            timeout=300,
-        )
+    uploaded = upload_adapter(server.url, archive)
     assert uploaded.status_code in (200, 201), uploaded.text
     version = uploaded.json()["version"]
     promoted = httpx.post(

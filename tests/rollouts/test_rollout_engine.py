@@ -16,7 +16,7 @@ import pytest
 
 from server.rollouts.routing import takes_candidate
 from server.rollouts.stats import label_distance
-from tests.support.adapters import make_random_lora, pack_adapter, scaled_lora
+from tests.support.adapters import make_random_lora, pack_adapter, scaled_lora, upload_adapter
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.engine
@@ -65,12 +65,7 @@ def builds(base_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 def publish(server: RunningServer, folder: Path, name: str, build: str, tmp: Path) -> int:
     archive = pack_adapter(folder, tmp / f"{name}-{build}.tar.gz", manifest(name, build))
-    with archive.open("rb") as fh:
-        response = httpx.post(
-            f"{server.url}/v1/adapters",
-            files={"file": (archive.name, fh, "application/gzip")},
-            timeout=300,
-        )
+    response = upload_adapter(server.url, archive)
     assert response.status_code == 201, response.text
     return int(response.json()["version"])
 

@@ -25,7 +25,7 @@ import pytest
 
 from server.ray_serve.app import REPLICA_HEADER
 from server.rollouts.routing import takes_candidate
-from tests.support.adapters import make_random_lora, pack_adapter
+from tests.support.adapters import make_random_lora, pack_adapter, upload_adapter
 from tests.support.postgres import running_postgres
 from tests.support.server import RunningServer, free_port, start_server
 
@@ -247,13 +247,7 @@ def archives(base_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def upload(url: str, archive: Path, name: str) -> httpx.Response:
-    with archive.open("rb") as fh:
-        return httpx.post(
-            f"{url}/v1/adapters",
-            files={"file": (archive.name, fh, "application/gzip")},
-            data={"name": name},
-            timeout=600,
-        )
+    return upload_adapter(url, archive, {"name": name}, timeout=600)
 
 
 async def burst(

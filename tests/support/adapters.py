@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import httpx
+
 
 def make_random_lora(
     base_model: Path, out: Path, *, seed: int, rank: int, target_modules: list[str]
@@ -64,3 +66,16 @@ def scaled_lora(folder: Path, out: Path, factor: float) -> Path:
         scaled = {k: v * factor if "lora_B" in k else v for k, v in tensors.items()}
     save_file(scaled, str(out / "adapter_model.safetensors"))
     return out
+
+
+def upload_adapter(
+    url: str, archive: Path, form: Mapping[str, str] | None = None, timeout: float = 300
+) -> httpx.Response:
+    """`POST /v1/adapters` of `archive` (multipart, as `hotswap adapters push` sends it)."""
+    with archive.open("rb") as fh:
+        return httpx.post(
+            f"{url}/v1/adapters",
+            files={"file": (archive.name, fh, "application/gzip")},
+            data=dict(form or {}),
+            timeout=timeout,
+        )
