@@ -24,6 +24,7 @@ from server.label_scores import (
     LabelPlan,
     LabelScorer,
     LabelSetPlan,
+    LabelSetVerdict,
     LabelVerdict,
     verdict,
 )
@@ -147,9 +148,9 @@ class GenerationResult:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     label: LabelVerdict | None = None
     """Of a classification task: the answer's label probability, the top labels, abstention."""
-    label_probabilities: tuple[tuple[str, float], ...] | None = None
-    """Of a multi-label task: the labels most probably in the answer's set, each with that
-    probability (they do not sum to 1), most probable first."""
+    label_set: LabelSetVerdict | None = None
+    """Of a multi-label task: the labels most probably in the answer's set and the empty
+    set's probability."""
 
 
 class GenerationService:
@@ -503,9 +504,11 @@ class GenerationService:
                 if outcome is not None and not outcome.valid and prepared.schema is not None:
                     raise self._schemas.violation(prepared.schema, outcome, attempts=1)
             if prepared.label_sets is not None:  # read once the answer is sent
-                probabilities = await self._label_sets(prepared, prepared.label_sets, request_id)
+                label_set = await self._scorer.label_sets(
+                    prepared.label_sets, prepared.model, prepared.prompt_token_ids, request_id
+                )
                 for result in results:
-                    result.label_probabilities = probabilities
+                    result.label_set = label_set
         except HotswapError as exc:
             _record(prepared, started, results, exc)
             raise
@@ -580,16 +583,18 @@ class GenerationService:
             if prepared.label_sets is None or prepared.shadow:
                 return await self._generate(prepared, request_id)
             scoring = asyncio.ensure_future(
-                self._label_sets(prepared, prepared.label_sets, request_id)
+                self._scorer.label_sets(
+                    prepared.label_sets, prepared.model, prepared.prompt_token_ids, request_id
+                )
             )
             try:
                 results = await self._generate(prepared, request_id)
             except BaseException:
                 scoring.cancel()
                 raise
-            probabilities = await scoring
+            label_set = await scoring
             for result in results:
-                result.label_probabilities = probabilities
+                result.label_set = label_set
             return results
         if plan.answer_directly:
             distribution, results = await self._answer(prepared, plan, request_id)
@@ -607,15 +612,6 @@ class GenerationService:
             if result.label.abstained:
                 result.text, result.output = "", None
         return results
-
-    async def _label_sets(
-        self, prepared: PreparedRequest, plan: LabelSetPlan, request_id: str
-    ) -> tuple[tuple[str, float], ...]:
-        """The `top_k` labels most probably in the answer's set, with their probabilities."""
-        distribution = await self._scorer.label_sets(
-            plan, prepared.model, prepared.prompt_token_ids, request_id
-        )
-        return distribution.top(plan.top_k)
 
     async def _answer(
         self, prepared: PreparedRequest, plan: LabelPlan, request_id: str

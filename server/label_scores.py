@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from adapters.label_sets import (
-    LabelSetDistribution,
     LabelSetGrammar,
     LabelSetSearch,
     RoundSearch,
@@ -72,6 +71,17 @@ class LabelVerdict:
     confidence: float | None
     top_labels: tuple[tuple[str, float], ...]
     abstained: bool
+
+
+@dataclass(frozen=True)
+class LabelSetVerdict:
+    """What a multi-label task's answer set is worth: the labels most probably in it, each
+    with that probability (they do not sum to 1), most probable first, and the probability
+    that the set is empty (0 when the schema requires an item). Both are lower bounds: the
+    search leaves the mass of its unread points out."""
+
+    probabilities: tuple[tuple[str, float], ...]
+    empty: float
 
 
 def verdict(plan: LabelPlan, distribution: LabelDistribution, label: object) -> LabelVerdict:
@@ -135,8 +145,9 @@ class LabelScorer:
 
     async def label_sets(
         self, plan: LabelSetPlan, model: ServedModel, prompt_ids: list[int], request_id: str
-    ) -> LabelSetDistribution:
-        """Each label's calibrated probability of being in the answer's set, for one prompt."""
+    ) -> LabelSetVerdict:
+        """The `top_k` labels' calibrated probabilities of being in the answer's set, and the
+        empty set's, for one prompt."""
         search = LabelSetSearch(plan.grammar, temperature=plan.temperature)
         rounds = await self._expand(search, model, prompt_ids, f"{request_id}-sets")
         distribution = search.distribution()
@@ -147,7 +158,7 @@ class LabelScorer:
             distribution.passes,
             rounds,
         )
-        return distribution
+        return LabelSetVerdict(distribution.top(plan.top_k), distribution.empty)
 
     async def _expand(
         self, search: RoundSearch, model: ServedModel, prompt_ids: list[int], request_id: str

@@ -227,19 +227,22 @@ def test_a_multi_label_answer_carries_each_labels_probability(
     assert all(0 <= p <= 1 for p in probabilities)
     # Their sum is the expected size of the set: at most maxItems.
     assert sum(probabilities) <= 3 + 1e-9
+    empty = answer["empty_set_probability"]
+    assert 0 <= empty <= 1
     chosen = answer["output"]["intents"]
     if chosen:
         # Greedy opened the array (probability >= 1/2) and took its most probable first label.
         assert all(label in scored for label in chosen)
         assert scored[chosen[0]] >= 1 / (2 * len(LABELS)) - 1e-6
-        assert sum(probabilities) >= 0.5 - 1e-6
+        assert sum(probabilities) >= 0.5 - 1e-6 and empty <= 0.5 + 1e-6
     else:
         # Greedy wrote [] (probability >= 1/2): no label is in the set more often than not.
-        assert max(probabilities) <= 0.5 + 1e-6
+        assert max(probabilities) <= 0.5 + 1e-6 and empty >= 0.5 - 1e-6
     reply = inference.Generate(
         pb.GenerateRequest(adapter="labels-multi", text=TEXTS[0], top_labels=2), timeout=300
     )
     assert [
         (e.label, pytest.approx(e.probability, rel=1e-3)) for e in reply.label_probabilities
     ] == list(scored.items())[:2]
+    assert reply.empty_set_probability == pytest.approx(empty, rel=1e-3)
     assert not reply.HasField("confidence") and not reply.HasField("abstained")

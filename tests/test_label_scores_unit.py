@@ -16,6 +16,7 @@ from server.grpc_api.inference import response
 from server.metrics.labels import LabelTracker
 from server.schema_policy import SchemaPolicy
 from tests.support.fakes import LORA, FakeEngine, FakeGuard
+from tests.support.label_sets import SET_MODEL, SET_SCHEMA
 
 LABELS = ["xa", "xb", "y"]
 SCHEMA = {
@@ -134,23 +135,6 @@ async def test_an_explicit_schema_or_chat_input_is_not_scored() -> None:
     assert explicit.labels is None and chat.labels is None
 
 
-SET_SCHEMA = {
-    "type": "object",
-    "properties": {"f": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}},
-    "required": ["f"],
-}
-# Next characters after each prefix of the answer: sets [] .2, [a] .3, [a,a] .09, [a,b] .21,
-# [b] .12, [b,a] .072, [b,b] .008; so P(a in set) = .672, P(b in set) = .41.
-SET_MODEL = {
-    '{"f":[': {"]": 0.2, '"': 0.8},
-    '{"f":["': {"a": 0.75, "b": 0.25},
-    '{"f":["a"': {",": 0.5, "]": 0.5},
-    '{"f":["b"': {",": 0.4, "]": 0.6},
-    '{"f":["a","': {"a": 0.3, "b": 0.7},
-    '{"f":["b","': {"a": 0.9, "b": 0.1},
-}
-
-
 class SetScoringEngine(FakeEngine):
     """A fake engine whose scored positions report `SET_MODEL` for the answer so far."""
 
@@ -181,7 +165,12 @@ async def test_a_multi_label_answer_is_generated_with_each_labels_probability() 
     (result,) = await gen.complete(prepared, "r1")
     assert result.output == {"f": ["b"]} and result.valid is True
     assert result.label is None  # no confidence, no abstention
-    assert result.label_probabilities == (("a", pytest.approx(0.672)), ("b", pytest.approx(0.41)))
+    assert result.label_set is not None
+    assert result.label_set.probabilities == (
+        ("a", pytest.approx(0.672)),
+        ("b", pytest.approx(0.41)),
+    )
+    assert result.label_set.empty == pytest.approx(0.2)
     scored = [s for _, s, _ in engine.seen if s.scored_token_ids]
     assert len(scored) == 6 and len(engine.seen) == 7  # six reads beside one generation
     streamed = await gen.prepare(
@@ -190,9 +179,12 @@ async def test_a_multi_label_answer_is_generated_with_each_labels_probability() 
     results: list[GenerationResult] = []
     chunks = [chunk async for chunk in gen.stream(streamed, "r2", results)]
     assert "".join(c.text for c in chunks) == '{"f":["b"]}'
-    assert results[0].label_probabilities == (("a", pytest.approx(0.672)),)
+    assert results[0].label_set is not None
+    assert results[0].label_set.probabilities == (("a", pytest.approx(0.672)),)
     reply = response(results)
     assert [(e.label, e.probability) for e in reply.label_probabilities] == [
         ("a", pytest.approx(0.672))
     ]
+    assert reply.empty_set_probability == pytest.approx(0.2)
+    assert reply.choices[0].empty_set_probability == pytest.approx(0.2)
     assert not reply.HasField("confidence") and not reply.HasField("abstained")

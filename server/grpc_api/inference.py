@@ -147,6 +147,8 @@ def response(
         message.confidence = first.confidence
     if first.HasField("abstained"):
         message.abstained = first.abstained
+    if first.HasField("empty_set_probability"):
+        message.empty_set_probability = first.empty_set_probability
     match first.WhichOneof("output"):
         case "output_struct":
             message.output_struct.CopyFrom(first.output_struct)
@@ -172,10 +174,12 @@ def _choice(result: GenerationResult) -> pb.Choice:
         choice.top_labels.extend(
             pb.LabelProbability(label=label, probability=p) for label, p in result.label.top_labels
         )
-    choice.label_probabilities.extend(
-        pb.LabelProbability(label=label, probability=p)
-        for label, p in result.label_probabilities or ()
-    )
+    if result.label_set is not None:
+        choice.label_probabilities.extend(
+            pb.LabelProbability(label=label, probability=p)
+            for label, p in result.label_set.probabilities
+        )
+        choice.empty_set_probability = result.label_set.empty
     return choice
 
 

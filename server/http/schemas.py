@@ -284,6 +284,11 @@ class GenerateChoice(BaseModel):
         "not sum to 1; labels less probable than the search's floor are left out. Null for "
         "other tasks.",
     )
+    empty_set_probability: float | None = Field(
+        default=None,
+        description="Of a multi-label task: the calibrated probability that the answer's set "
+        "is empty (0 when the schema requires an item). Null for other tasks.",
+    )
 
 
 class GenerateResponse(GenerateChoice):

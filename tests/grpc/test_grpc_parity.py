@@ -103,6 +103,9 @@ def _choice_dict(message: pb.GenerateResponse | pb.Choice, index: int) -> dict[s
             for entry in message.label_probabilities
         ]
         or None,
+        "empty_set_probability": message.empty_set_probability
+        if message.HasField("empty_set_probability")
+        else None,
     }
 
 

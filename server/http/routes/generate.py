@@ -69,6 +69,7 @@ def _choice(result: GenerationResult, logprobs: bool) -> GenerateChoice:
         else None,
         abstained=label.abstained if label else None,
         label_probabilities=None
-        if result.label_probabilities is None
-        else [LabelProbability(label=n, probability=p) for n, p in result.label_probabilities],
+        if result.label_set is None
+        else [LabelProbability(label=n, probability=p) for n, p in result.label_set.probabilities],
+        empty_set_probability=None if result.label_set is None else result.label_set.empty,
     )

@@ -80,7 +80,7 @@ class TokenLogprob(_message.Message):
     def __init__(self, token: _Optional[str] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class Choice(_message.Message):
-    __slots__ = ("index", "text", "output_struct", "output_json", "valid", "finish_reason", "logprobs", "confidence", "top_labels", "abstained", "label_probabilities")
+    __slots__ = ("index", "text", "output_struct", "output_json", "valid", "finish_reason", "logprobs", "confidence", "top_labels", "abstained", "label_probabilities", "empty_set_probability")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_STRUCT_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Choice(_message.Message):
     TOP_LABELS_FIELD_NUMBER: _ClassVar[int]
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     LABEL_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_SET_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     index: int
     text: str
     output_struct: _struct_pb2.Struct
@@ -103,7 +104,8 @@ class Choice(_message.Message):
     top_labels: _containers.RepeatedCompositeFieldContainer[LabelProbability]
     abstained: bool
     label_probabilities: _containers.RepeatedCompositeFieldContainer[LabelProbability]
-    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., output_struct: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_json: _Optional[str] = ..., valid: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., confidence: _Optional[float] = ..., top_labels: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label_probabilities: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ...) -> None: ...
+    empty_set_probability: float
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., output_struct: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_json: _Optional[str] = ..., valid: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., confidence: _Optional[float] = ..., top_labels: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label_probabilities: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., empty_set_probability: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -124,7 +126,7 @@ class AdapterRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "output_struct", "output_json", "valid", "finish_reason", "usage", "adapter", "logprobs", "choices", "grammar_engine", "confidence", "top_labels", "abstained", "label_probabilities")
+    __slots__ = ("text", "output_struct", "output_json", "valid", "finish_reason", "usage", "adapter", "logprobs", "choices", "grammar_engine", "confidence", "top_labels", "abstained", "label_probabilities", "empty_set_probability")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_STRUCT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +141,7 @@ class GenerateResponse(_message.Message):
     TOP_LABELS_FIELD_NUMBER: _ClassVar[int]
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     LABEL_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_SET_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     text: str
     output_struct: _struct_pb2.Struct
     output_json: str
@@ -153,7 +156,8 @@ class GenerateResponse(_message.Message):
     top_labels: _containers.RepeatedCompositeFieldContainer[LabelProbability]
     abstained: bool
     label_probabilities: _containers.RepeatedCompositeFieldContainer[LabelProbability]
-    def __init__(self, text: _Optional[str] = ..., output_struct: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_json: _Optional[str] = ..., valid: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., choices: _Optional[_Iterable[_Union[Choice, _Mapping]]] = ..., grammar_engine: _Optional[str] = ..., confidence: _Optional[float] = ..., top_labels: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label_probabilities: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ...) -> None: ...
+    empty_set_probability: float
+    def __init__(self, text: _Optional[str] = ..., output_struct: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_json: _Optional[str] = ..., valid: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ..., choices: _Optional[_Iterable[_Union[Choice, _Mapping]]] = ..., grammar_engine: _Optional[str] = ..., confidence: _Optional[float] = ..., top_labels: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label_probabilities: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., empty_set_probability: _Optional[float] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
     __slots__ = ("delta", "summary", "index", "logprobs")
