@@ -196,6 +196,13 @@ class EvalConfig(BaseModel):
         description="Classification: the served adapter abstains when its calibrated "
         "confidence is below this (written into the manifest's calibration); None: never.",
     )
+    label_set_examples: int = Field(
+        default=200,
+        ge=0,
+        description="Multi-label: the test texts whose label-set probabilities are read and "
+        "measured (tens of forward passes each); the validation split is read whole to fit "
+        "their temperature. 0: not read, not calibrated.",
+    )
     gate: GateConfig = Field(default_factory=GateConfig)
 
 
@@ -283,7 +290,13 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
             if not isinstance(child, dict):
                 raise RecipeError(f"override {override!r}: {part!r} is not a section")
             node = child
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise RecipeError(
+                f"override {override!r}: its value is not YAML (quote strings with brackets "
+                f"or commas): {exc}"
+            ) from exc
     try:
         return Recipe.model_validate({**raw, "source_dir": path.resolve().parent})
     except ValidationError as exc:

@@ -239,3 +239,7 @@ def test_recipe_overrides_and_errors(tmp_path: Path) -> None:
         load_recipe(bad)
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(bad, ["train.epochs=1"]).resolve_all(["missing.csv"])
+    with pytest.raises(RecipeError, match="not YAML"):
+        load_recipe(path, ["data.test=[a/fold[1-9].json]"])  # unquoted brackets
+    quoted = load_recipe(path, ['data.test=["a/fold[1-9].json"]'])
+    assert quoted.data.test == ["a/fold[1-9].json"]
