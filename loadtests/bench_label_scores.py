@@ -1,6 +1,7 @@
 """Scored labels against generated answers, side by side on one server: accuracy and speed.
 
     .venv/bin/python loadtests/bench_label_scores.py ADAPTER.tar.gz [--texts 200] [--rounds 3]
+        [--base-model gemma3-270m]
 
 A trained BANKING77 adapter archive is pushed to a fresh `hotswap serve` on loopback. Each
 round sends the same test texts twice through `/v1/generate`, in alternating order: once as a
@@ -84,11 +85,14 @@ def main() -> None:
     parser.add_argument("archive", type=Path)
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--base-model", default=None, help="Short name of the base the adapter was trained on."
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from adapters.archive import ArchiveLimits, extract_archive
+    from adapters.base_models import DEFAULT_BASE_MODEL, prepare_base_model
     from adapters.manifest import MANIFEST_FILE, AdapterManifest
-    from server.base_model import prepare_default_base_model
     from server.settings import Settings
     from tests.support import server as server_support
 
@@ -106,7 +110,7 @@ def main() -> None:
         server = server_support.start_server(
             tmp / "server.log",
             home=tmp / "home",
-            base_model=prepare_default_base_model(Settings().home),
+            base_model=prepare_base_model(args.base_model or DEFAULT_BASE_MODEL, Settings().home),
             args=[],
             ready_timeout_s=READY_TIMEOUT_S,
         )
@@ -140,7 +144,11 @@ async def rounds(url: str, texts: list[str], schema: dict[str, Any], count: int)
 
 
 def report(passes: list[Pass], truth: list[str], args: argparse.Namespace) -> None:
-    print(f"{args.archive.name}: {len(truth)} BANKING77 test texts, concurrency {CONCURRENCY}")
+    base = args.base_model or "the default base"
+    print(
+        f"{args.archive.name} on {base}: {len(truth)} BANKING77 test texts, "
+        f"concurrency {CONCURRENCY}"
+    )
     print("| round | mode | req/s | p50 s | accuracy |")
     print("|---:|---|---:|---:|---:|")
     ratios, agreements = [], []
