@@ -77,8 +77,9 @@ class TrainingInfo(BaseModel):
 
 
 class Calibration(BaseModel):
-    """How a classification task's label probabilities are read (`adapters.label_trie`):
-    written by `hotswap train` from held-out data."""
+    """How a classification task's label probabilities are read (`adapters.label_trie`), or a
+    multi-label task's (`adapters.label_sets`: the temperature only): written by `hotswap
+    train` from held-out data."""
 
     model_config = _MODEL_CONFIG
 

@@ -8,6 +8,9 @@
   labels on the validation split.
 - `expected_calibration_error` measures how far confidence is from accuracy.
 - `predicted_distribution` is the drift reference written into the manifest.
+- A multi-label task's probabilities (each label's probability of being in the answer's set,
+  `adapters.label_sets`) are fitted the same way by `fit_set_temperature`, by the binary
+  log-loss of every label's membership, and `label_set_ece` measures them label by label.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from scipy.optimize import minimize_scalar
 
+from adapters.label_sets import LabelSetGrammar, LabelSetSearch, RoundSearch
 from adapters.label_trie import LabelPrefix, LabelSearch, LabelTrie
 
 Known = Mapping[LabelPrefix, Mapping[int, float]]
@@ -29,15 +33,21 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The range `fit_temperature` searches (on a log scale)."""
 PSEUDO_COUNT = 0.5
 """Added to every label's count in `predicted_distribution`."""
+SetExample = tuple[Known, frozenset[str]]
+"""A multi-label text: the next-token log-probabilities its label-set search read, and its
+reference set of labels."""
+PROBABILITY_CLIP = 1e-6
+"""Label-set probabilities are clipped to [clip, 1 - clip] in the log-loss: they are lower
+bounds, and a label the search never reached reads 0."""
 
 
-def run_label_searches(searches: Sequence[LabelSearch], forward: Forward, *, full: bool) -> int:
+def run_label_searches(searches: Sequence[RoundSearch], forward: Forward, *, full: bool) -> int:
     """Expand `searches` (one per text) until none needs a forward pass; each round hands
     `forward` every pending (search index, branching point) pair as one batch.
 
-    `full` expands every branching point (one round; what fitting a temperature needs);
-    otherwise each search asks for what its best-first expansion wants. Returns the number of
-    forward passes made.
+    `full` expands every branching point of a `LabelSearch` (one round; what fitting a
+    temperature needs); otherwise each search asks for what its best-first expansion wants.
+    Returns the number of forward passes made.
     """
     passes = 0
     while batch := [(i, node) for i, s in enumerate(searches) for node in _wanted(s, full)]:
@@ -47,8 +57,8 @@ def run_label_searches(searches: Sequence[LabelSearch], forward: Forward, *, ful
     return passes
 
 
-def _wanted(search: LabelSearch, full: bool) -> list[LabelPrefix]:
-    if full:
+def _wanted(search: RoundSearch, full: bool) -> list[LabelPrefix]:
+    if full and isinstance(search, LabelSearch):
         return [node for node in search.trie.branching_points if node not in search.known]
     return search.pending()
 
@@ -65,14 +75,86 @@ def fit_temperature(trie: LabelTrie, examples: Sequence[tuple[Known, int]]) -> f
     search over log T). Raises ValueError without examples."""
     if not examples:
         raise ValueError("fitting a temperature needs at least one example")
+    return _minimising_temperature(lambda t: mean_nll(trie, examples, t))
+
+
+def _minimising_temperature(loss: Callable[[float], float]) -> float:
+    """The temperature in `TEMPERATURE_BOUNDS` that minimises `loss` (bounded scalar search
+    over log T)."""
     low, high = (math.log(t) for t in TEMPERATURE_BOUNDS)
     result = minimize_scalar(
-        lambda log_t: mean_nll(trie, examples, math.exp(log_t)),
+        lambda log_t: loss(math.exp(log_t)),
         bounds=(low, high),
         method="bounded",
         options={"xatol": 1e-4},
     )
     return float(math.exp(result.x))
+
+
+def set_probabilities(grammar: LabelSetGrammar, known: Known, temperature: float) -> list[float]:
+    """Each label's probability of being in the answer's set (in `grammar.labels` order) from
+    the log-probabilities a search read, at `temperature`; 0 for a label never reached."""
+    distribution = LabelSetSearch(grammar, temperature, known=dict(known)).distribution()
+    scored = dict(distribution.ranked)
+    return [scored.get(label, 0.0) for label in grammar.labels]
+
+
+def label_set_nll(
+    grammar: LabelSetGrammar, examples: Sequence[SetExample], temperature: float
+) -> float:
+    """Mean binary log-loss, over every (example, label) pair, of the label's probability of
+    being in the set against whether the reference set holds it (probabilities clipped to
+    `PROBABILITY_CLIP`)."""
+    total = 0.0
+    for known, truth in examples:
+        for label, p in zip(
+            grammar.labels, set_probabilities(grammar, known, temperature), strict=True
+        ):
+            p = min(max(p, PROBABILITY_CLIP), 1.0 - PROBABILITY_CLIP)
+            total -= math.log(p if label in truth else 1.0 - p)
+    return total / (len(examples) * len(grammar.labels))
+
+
+def fit_set_temperature(grammar: LabelSetGrammar, examples: Sequence[SetExample]) -> float:
+    """The temperature in `TEMPERATURE_BOUNDS` that minimises `label_set_nll`. The searches
+    were read at temperature 1: at another, the probabilities are those of the same branching
+    points (still lower bounds). Raises ValueError without examples."""
+    if not examples:
+        raise ValueError("fitting a temperature needs at least one example")
+    return _minimising_temperature(lambda t: label_set_nll(grammar, examples, t))
+
+
+def label_set_ece(
+    grammar: LabelSetGrammar, examples: Sequence[SetExample], temperature: float
+) -> float:
+    """`expected_calibration_error` over every (example, label) pair: the probability that the
+    label is in the set against whether the reference set holds it."""
+    confidences: list[float] = []
+    correct: list[bool] = []
+    for known, truth in examples:
+        confidences.extend(set_probabilities(grammar, known, temperature))
+        correct.extend(label in truth for label in grammar.labels)
+    return expected_calibration_error(confidences, correct)
+
+
+def thresholded_micro_f1(
+    grammar: LabelSetGrammar, examples: Sequence[SetExample], temperature: float
+) -> float:
+    """Micro-F1 of the sets of labels whose probability is at least 1/2, against the
+    references."""
+    tp = fp = fn = 0
+    for known, truth in examples:
+        chosen = {
+            label
+            for label, p in zip(
+                grammar.labels, set_probabilities(grammar, known, temperature), strict=True
+            )
+            if p >= 0.5
+        }
+        tp += len(chosen & truth)
+        fp += len(chosen - truth)
+        fn += len(truth - chosen)
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 def expected_calibration_error(

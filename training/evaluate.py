@@ -8,7 +8,9 @@ of the labels' answers (`LabelSearch`, as the server computes it), the answer is
 probable label's, and its probability is the example's confidence (calibration error in the
 report). With a validation split, the temperature of those probabilities is fitted on it first
 (`training.calibration`). Other tasks (NLU++) are decoded greedily under the same JSON
-constraint as the server's.
+constraint as the server's. A multi-label task (`adapters.label_sets`: NLU++ intents) also has
+its label probabilities read, as the server reads them beside its answers: with a validation
+split, their temperature is fitted on it and their calibration error reported, label by label.
 
 vLLM spawns its engine process: call `evaluate` from a function run under
 `if __name__ == "__main__":` (or a pytest fixture), never at import time.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from adapters.document_budget import BudgetError, document_budget
 from adapters.json_grammar import structured_outputs_kwargs
+from adapters.label_sets import LabelSetGrammar, LabelSetSearch, RoundSearch, label_set_field
 from adapters.label_trie import (
     LabelPrefix,
     LabelSearch,
@@ -37,16 +41,21 @@ from adapters.label_trie import (
 )
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec
 from training.calibration import (
+    SetExample,
     expected_calibration_error,
+    fit_set_temperature,
     fit_temperature,
+    label_set_ece,
     predicted_distribution,
     run_label_searches,
+    thresholded_micro_f1,
 )
 from training.data import Example
 from training.framing import prompt_ids
 from training.metrics import GateResult, Scores, regression_gate, score
 from training.recipe import GateConfig
 
+logger = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 EVAL_CONTEXT = 2048
@@ -75,17 +84,23 @@ class ModelRun(BaseModel):
     )
 
 
-class CalibrationReport(BaseModel):
-    """The temperature fitted on the validation split and the calibration error it leaves."""
+class FittedTemperature(BaseModel):
+    """A temperature fitted on the validation split, and the calibration error (15 bins) at
+    temperature 1 and at the fitted one on both splits."""
 
     temperature: float
     validation_examples: int
-    validation_passes: int = Field(description="Forward passes: every branching point, each.")
-    fit_wall_s: float = Field(description="Scoring the validation split and fitting.")
     val_ece_uncalibrated: float
     val_ece_calibrated: float
     test_ece_uncalibrated: float
     test_ece_calibrated: float
+
+
+class CalibrationReport(FittedTemperature):
+    """A classification task's: fitted by the log-likelihood of the true labels."""
+
+    validation_passes: int = Field(description="Forward passes: every branching point, each.")
+    fit_wall_s: float = Field(description="Scoring the validation split and fitting.")
     test_accuracy_uncalibrated: float
     uncalibrated_wall_s: float
     uncalibrated_passes: int
@@ -93,6 +108,20 @@ class CalibrationReport(BaseModel):
         description="Calibrated predictions' label frequencies on the test split, smoothed."
     )
     mean_confidence: float = Field(description="Calibrated, on the test split.")
+
+
+class SetCalibrationReport(FittedTemperature):
+    """A multi-label task's label probabilities (each label's probability of being in the
+    answer's set): fitted by the binary log-loss of every label; the calibration error is over
+    every (text, label) pair."""
+
+    test_examples: int = Field(description="Scored: the first `eval.label_set_examples`.")
+    forward_passes: int = Field(description="Validation and test together.")
+    wall_s: float = Field(description="Reading the probabilities and fitting.")
+    test_micro_f1_thresholded: float = Field(
+        description="The labels of calibrated probability >= 1/2 as the set, against the "
+        "references, on the scored test texts."
+    )
 
 
 class EvalReport(BaseModel):
@@ -105,6 +134,7 @@ class EvalReport(BaseModel):
     gate: GateResult
     previous: Scores | None = None
     calibration: CalibrationReport | None = None
+    set_calibration: SetCalibrationReport | None = None
 
     @property
     def passed(self) -> bool:
@@ -173,12 +203,13 @@ class Engine:
         self,
         spec: TaskSpec,
         texts: Sequence[str],
-        searches: Sequence[LabelSearch],
+        searches: Sequence[RoundSearch],
         *,
         adapter_dir: Path | None,
         full: bool = False,
     ) -> int:
-        """Run `searches` (one per text) to the end, or expand every branching point (`full`).
+        """Run `searches` (one per text) to the end, or expand every branching point of
+        `LabelSearch`es (`full`).
         Each round is one `generate` call with one request per pending (text, branching
         point): the prompt then the point's tokens, one token, the log-probabilities of the
         point's children. Returns the number of forward passes."""
@@ -189,7 +220,7 @@ class Engine:
         lora = self._lora(adapter_dir)
 
         def forward(batch: Sequence[tuple[int, LabelPrefix]]) -> list[dict[int, float]]:
-            children = [searches[i].trie.children(node) for i, node in batch]
+            children = [searches[i].children(node) for i, node in batch]
             results = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=[*prompts[i], *node]) for i, node in batch],
                 [
@@ -354,6 +385,53 @@ def _calibrated_run(
     return run, report
 
 
+def _set_calibration(
+    engine: Engine,
+    manifest: AdapterManifest,
+    adapter_dir: Path,
+    test: Sequence[Example],
+    validation: Sequence[Example],
+    limit: int,
+) -> SetCalibrationReport | None:
+    """Read the label-set probabilities of `validation` and of the first `limit` test texts
+    at temperature 1, fit the temperature on the validation ones, and measure both splits.
+    None for a task that is not multi-label, or whose answers the tokenizer does not write as
+    their pieces (the server does not score those either)."""
+    spec = manifest.task
+    set_field = label_set_field(spec.output_schema, spec.labels)
+    if set_field is None or not validation or limit == 0:
+        return None
+    try:
+        grammar = LabelSetGrammar.build(engine.tokenizer, set_field, spec.labels or [])
+    except ValueError as exc:
+        logger.warning("label-set probabilities not calibrated: %s", exc)
+        return None
+    started = time.monotonic()
+    scored = [*validation, *test[:limit]]
+    searches = [LabelSetSearch(grammar) for _ in scored]
+    passes = engine.label_searches(
+        spec, [ex.text for ex in scored], searches, adapter_dir=adapter_dir
+    )
+    examples: list[SetExample] = [
+        (s.known, frozenset(str(label) for label in ex.target.get(set_field.name) or []))
+        for s, ex in zip(searches, scored, strict=True)
+    ]
+    fitting, testing = examples[: len(validation)], examples[len(validation) :]
+    temperature = fit_set_temperature(grammar, fitting)
+    return SetCalibrationReport(
+        temperature=temperature,
+        validation_examples=len(fitting),
+        test_examples=len(testing),
+        forward_passes=passes,
+        wall_s=time.monotonic() - started,
+        val_ece_uncalibrated=label_set_ece(grammar, fitting, 1.0),
+        val_ece_calibrated=label_set_ece(grammar, fitting, temperature),
+        test_ece_uncalibrated=label_set_ece(grammar, testing, 1.0),
+        test_ece_calibrated=label_set_ece(grammar, testing, temperature),
+        test_micro_f1_thresholded=thresholded_micro_f1(grammar, testing, temperature),
+    )
+
+
 def schema_max_tokens(spec: TaskSpec) -> int:
     """The max_tokens the server gives a request that leaves it unset: the token budget of the
     longest document the task's output schema allows, so that no valid answer is cut."""
@@ -430,6 +508,7 @@ def evaluate(
     engine: Engine | None = None,
     write: bool = True,
     validation: Sequence[Example] | None = None,
+    label_set_examples: int = 200,
 ) -> EvalReport:
     """Score the adapter in `adapter_dir` (with its `hotswap.json`) on `test_data`.
 
@@ -438,7 +517,9 @@ def evaluate(
     otherwise one is started and stopped here. Writes the reports into `adapter_dir`.
     For a classification task, `validation` (examples the adapter was not trained on) is what
     the temperature of its label probabilities is fitted on (`report.calibration`); without
-    it the manifest's calibration temperature, else 1, is used.
+    it the manifest's calibration temperature, else 1, is used. A multi-label task's label
+    probabilities are calibrated on `validation` and measured on the first
+    `label_set_examples` test texts (`report.set_calibration`; 0: not read).
     """
     manifest = read_manifest(adapter_dir)
     spec = manifest.task
@@ -451,6 +532,9 @@ def evaluate(
     try:
         adapter_run, base_run, calibration = _runs(
             engine, manifest, adapter_dir, test_data, validation or [], compare_base, max_tokens
+        )
+        set_calibration = _set_calibration(
+            engine, manifest, adapter_dir, test_data, validation or [], label_set_examples
         )
     finally:
         if own:
@@ -475,6 +559,7 @@ def evaluate(
         gate=verdict,
         previous=previous,
         calibration=calibration,
+        set_calibration=set_calibration,
     )
     if write:
         write_report(report, adapter_dir)
@@ -493,8 +578,10 @@ def headline_metrics(report: EvalReport) -> dict[str, float]:
     if report.base_run is not None:
         out["base_test_accuracy"] = report.base_run.scores.accuracy
         out["base_test_macro_f1"] = report.base_run.scores.macro_f1
-    c = report.calibration
-    if c is not None:  # only what was measured: no validation split, no calibration figures
+    # Only what was measured: no validation split, no calibration figures. A multi-label
+    # task's ECE is over (text, label) pairs.
+    c: FittedTemperature | None = report.calibration or report.set_calibration
+    if c is not None:
         out |= {
             "calibration_temperature": c.temperature,
             "val_ece_uncalibrated": c.val_ece_uncalibrated,
@@ -502,6 +589,8 @@ def headline_metrics(report: EvalReport) -> dict[str, float]:
             "test_ece_uncalibrated": c.test_ece_uncalibrated,
             "test_ece_calibrated": c.test_ece_calibrated,
         }
+    if report.set_calibration is not None:
+        out["test_micro_f1_thresholded"] = report.set_calibration.test_micro_f1_thresholded
     return out
 
 
@@ -564,7 +653,7 @@ def render_markdown(report: EvalReport) -> str:
             f"| {run.model} | {s.validity:.3f} | {s.accuracy:.3f} | {s.macro_f1:.3f} | "
             f"{s.micro_f1:.3f} | {ece} | {run.wall_s:.1f} |"
         )
-    lines += _calibration_lines(report)
+    lines += _calibration_lines(report) + _set_calibration_lines(report.set_calibration)
     s = report.adapter_run.scores
     if s.field_exact_match:
         lines += ["", "Field-level exact match: " + json.dumps(s.field_exact_match)]
@@ -592,14 +681,36 @@ def _calibration_lines(report: EvalReport) -> list[str]:
         "",
         f"Temperature **{c.temperature:.3f}**, fitted on {c.validation_examples} validation "
         f"examples ({c.validation_passes} forward passes, {c.fit_wall_s:.1f} s).",
+        *_ece_table(c),
+        "",
+        f"Test accuracy at temperature 1: {c.test_accuracy_uncalibrated:.3f} "
+        f"({c.uncalibrated_passes} forward passes, {c.uncalibrated_wall_s:.1f} s).",
+    ]
+
+
+def _ece_table(c: FittedTemperature) -> list[str]:
+    return [
         "",
         "| split | ECE at temperature 1 | ECE calibrated |",
         "|---|---|---|",
         f"| validation | {c.val_ece_uncalibrated:.3f} | {c.val_ece_calibrated:.3f} |",
         f"| test | {c.test_ece_uncalibrated:.3f} | {c.test_ece_calibrated:.3f} |",
+    ]
+
+
+def _set_calibration_lines(c: SetCalibrationReport | None) -> list[str]:
+    if c is None:
+        return []
+    return [
         "",
-        f"Test accuracy at temperature 1: {c.test_accuracy_uncalibrated:.3f} "
-        f"({c.uncalibrated_passes} forward passes, {c.uncalibrated_wall_s:.1f} s).",
+        f"Label-set probabilities (each label's probability of being in the answer's set): "
+        f"temperature **{c.temperature:.3f}**, fitted on {c.validation_examples} validation "
+        f"examples; {c.test_examples} test texts scored ({c.forward_passes} forward passes, "
+        f"{c.wall_s:.1f} s). ECE over every (text, label) pair, 15 bins:",
+        *_ece_table(c),
+        "",
+        f"Micro-F1 of the labels with calibrated probability >= 0.5, on those test texts: "
+        f"{c.test_micro_f1_thresholded:.3f}.",
     ]
 
 

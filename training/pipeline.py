@@ -17,7 +17,7 @@ from adapters.fingerprint import model_fingerprint
 from adapters.label_trie import classification_field
 from adapters.manifest import Calibration
 from training.data import PreparedData, prepare_data
-from training.evaluate import Engine, EvalReport, evaluate, headline_metrics
+from training.evaluate import Engine, EvalReport, FittedTemperature, evaluate, headline_metrics
 from training.package import package, update_manifest
 from training.recipe import Recipe
 from training.train import TrainResult, base_model_dir, train
@@ -98,6 +98,7 @@ def finish_run(
         max_tokens=recipe.eval.max_tokens,
         engine=engine,
         validation=validation,
+        label_set_examples=recipe.eval.label_set_examples,
     )
     metrics = {
         **headline_metrics(report),
@@ -112,7 +113,8 @@ def finish_run(
         if classifier and recipe.eval.abstain_below is not None
         else None
     )
-    if (fitted := report.calibration) is not None:
+    fitted: FittedTemperature | None = report.calibration or report.set_calibration
+    if fitted is not None:
         logger.info(
             "calibration: temperature %.3f; ECE validation %.3f -> %.3f, test %.3f -> %.3f",
             fitted.temperature,
@@ -121,12 +123,15 @@ def finish_run(
             fitted.test_ece_uncalibrated,
             fitted.test_ece_calibrated,
         )
+    if (single := report.calibration) is not None:
         calibration = Calibration(
-            temperature=fitted.temperature,
+            temperature=single.temperature,
             abstain_below=recipe.eval.abstain_below,
-            predicted_distribution=fitted.predicted_distribution,
-            mean_confidence=fitted.mean_confidence,
+            predicted_distribution=single.predicted_distribution,
+            mean_confidence=single.mean_confidence,
         )
+    elif report.set_calibration is not None:  # multi-label: the temperature only
+        calibration = Calibration(temperature=report.set_calibration.temperature)
     update_manifest(trained.adapter_dir, metrics=metrics, calibration=calibration)
     archive = package(
         trained.adapter_dir,

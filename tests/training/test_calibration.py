@@ -4,6 +4,7 @@ engine whose log-probabilities come from a known over-confident model."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -11,15 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from adapters.label_trie import LabelPrefix, LabelSearch, LabelTrie
-from adapters.manifest import MANIFEST_FILE, AdapterManifest, Calibration
+from adapters.label_sets import LabelSetGrammar, RoundSearch, label_set_field
+from adapters.label_trie import LabelPrefix, LabelSearch, LabelTrie, tempered
+from adapters.manifest import MANIFEST_FILE, AdapterManifest, Calibration, TaskSpec
+from tests.support.label_sets import SET_MODEL, SET_SCHEMA
 from training.calibration import (
     Forward,
     Known,
     expected_calibration_error,
     fit_temperature,
+    label_set_nll,
     predicted_distribution,
     run_label_searches,
+    set_probabilities,
+    thresholded_micro_f1,
 )
 from training.data import Example, build_task_spec
 from training.evaluate import Engine, evaluate, headline_metrics
@@ -168,21 +174,23 @@ class FakeEngine(Engine):
         self.worlds = worlds
         self.full_passes = 0
 
+    def logprobs(
+        self, text: str, node: LabelPrefix, children: Sequence[int], adapter: bool
+    ) -> dict[int, float]:
+        return {c: self.worlds[text][node][c] if adapter else -2.0 for c in children}
+
     def label_searches(
         self,
         spec: object,
         texts: Sequence[str],
-        searches: Sequence[LabelSearch],
+        searches: Sequence[RoundSearch],
         *,
         adapter_dir: Path | None,
         full: bool = False,
     ) -> int:
         def forward(batch: Sequence[tuple[int, LabelPrefix]]) -> list[Mapping[int, float]]:
             return [
-                {
-                    c: self.worlds[texts[i]][node][c] if adapter_dir else -2.0
-                    for c in searches[i].trie.children(node)
-                }
+                self.logprobs(texts[i], node, searches[i].children(node), adapter_dir is not None)
                 for i, node in batch
             ]
 
@@ -265,3 +273,140 @@ def test_abstain_below_is_a_probability() -> None:
     assert load_recipe(demo, ["eval.abstain_below=0.4"]).eval.abstain_below == 0.4
     with pytest.raises(RecipeError, match="abstain_below"):
         load_recipe(demo, ["eval.abstain_below=1.5"])
+
+
+WORLD_LABELS = ["aa", "ab", "b"]
+WORLD_FIELD = "f"
+WORLD_SCHEMA = {
+    "type": "object",
+    "properties": {
+        WORLD_FIELD: {"type": "array", "items": {"enum": WORLD_LABELS}, "maxItems": 2},
+    },
+    "required": [WORLD_FIELD],
+}
+
+
+def world_logprobs(text: str, prefix: LabelPrefix, children: Sequence[int]) -> dict[int, float]:
+    """The fake adapter's next-token log-probabilities after `text`'s prompt and `prefix`:
+    logits N(0, 3) seeded by both, some mass left outside the children."""
+    rng = random.Random(f"{text}|{prefix}")
+    logits = {c: rng.gauss(0.0, 3.0) for c in children}
+    norm = math.log(sum(math.exp(v) for v in logits.values())) + 0.5
+    return {c: v - norm for c, v in logits.items()}
+
+
+def sample_set(
+    grammar: LabelSetGrammar, text: str, temperature: float, rng: random.Random
+) -> set[str]:
+    """A label set drawn item by item from the fake adapter's distribution at `temperature`:
+    the world that the over-confident adapter (read at temperature 1) describes."""
+    chosen: list[int] = []
+    base = grammar.prefix
+    while True:
+        items = grammar.item_trie(len(chosen))
+        trie, node = items.trie, items.trie.root
+        assert node is not None
+        while True:
+            children = trie.children(node)
+            scaled = tempered(world_logprobs(text, base + node, children), children, temperature)
+            pick, total, token = rng.random(), 0.0, children[-1]
+            for child in children:
+                total += math.exp(scaled[child])
+                if pick <= total:
+                    token = child
+                    break
+            edge = trie.edges[node][token]
+            if edge.branch is None:
+                assert edge.label is not None
+                leaf = edge.label
+                break
+            node = edge.branch
+        item = items.items[leaf]
+        if item.label is not None:
+            chosen.append(item.label)
+        if item.closes:
+            return {grammar.labels[i] for i in chosen}
+        base = base + trie.sequences[leaf]
+
+
+class FakeSetEngine(FakeEngine):
+    """Answers `{"f":[]}` when generating; label-set reads from `world_logprobs`."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def generate(
+        self, spec: object, texts: Sequence[str], *, adapter_dir: Path | None, max_tokens: int
+    ) -> list[str]:
+        return ['{"f":[]}' for _ in texts]
+
+    def logprobs(
+        self, text: str, node: LabelPrefix, children: Sequence[int], adapter: bool
+    ) -> dict[int, float]:
+        return world_logprobs(text, node, children)
+
+
+def test_multi_label_probabilities_are_calibrated_label_by_label(tmp_path: Path) -> None:
+    """An adapter three times too confident about its label sets: the fit moves the
+    temperature up, the calibrated label-wise ECE is lower on both splits, the report, the
+    metrics and the markdown carry it, and only `label_set_examples` test texts are read."""
+    tokenizer = CharTokenizer()
+    spec_field = label_set_field(WORLD_SCHEMA, WORLD_LABELS)
+    assert spec_field is not None
+    grammar = LabelSetGrammar.build(tokenizer, spec_field, WORLD_LABELS)
+    rng = random.Random(5)
+    splits: dict[str, list[Example]] = {"validation": [], "test": []}
+    for split, size in (("validation", 300), ("test", 400)):
+        for i in range(size):
+            text = f"{split}-{i}"
+            truth = sample_set(grammar, text, 3.0, rng)
+            splits[split].append(Example(text, {WORLD_FIELD: sorted(truth)}))
+    spec = TaskSpec(output_schema=WORLD_SCHEMA, labels=WORLD_LABELS, label_field=WORLD_FIELD)
+    (tmp_path / MANIFEST_FILE).write_text(
+        AdapterManifest(name="sets", task=spec).model_dump_json(exclude_none=True)
+    )
+
+    evaluate_sets = functools.partial(
+        evaluate,
+        tmp_path,
+        splits["test"],
+        base_dir=tmp_path,
+        engine=FakeSetEngine(),
+        validation=splits["validation"],
+        compare_base=False,
+        max_tokens=16,
+    )
+    report = evaluate_sets(label_set_examples=300)
+    c = report.set_calibration
+    assert c is not None and report.calibration is None
+    assert c.validation_examples == 300 and c.test_examples == 300
+    assert 2.0 < c.temperature < 4.5, c.temperature
+    assert c.val_ece_calibrated < c.val_ece_uncalibrated
+    assert c.test_ece_calibrated < c.test_ece_uncalibrated, c
+    assert 0.0 <= c.test_micro_f1_thresholded <= 1.0 and c.forward_passes > 600
+    metrics = headline_metrics(report)
+    assert metrics["calibration_temperature"] == c.temperature
+    assert metrics["test_micro_f1_thresholded"] == c.test_micro_f1_thresholded
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"temperature **{c.temperature:.3f}**" in markdown
+
+    off = evaluate_sets(label_set_examples=0, write=False)
+    assert off.set_calibration is None and "calibration_temperature" not in headline_metrics(off)
+
+
+def test_label_set_probabilities_by_hand() -> None:
+    """Two labels, at most two items (`SET_MODEL`: P(a in set) .672, P(b in set) .41): the
+    log-loss and the thresholded F1 follow."""
+    spec_field = label_set_field(SET_SCHEMA, ["a", "b"])
+    assert spec_field is not None
+    grammar = LabelSetGrammar.build(CharTokenizer(), spec_field, ["a", "b"])
+    known = {
+        tuple(map(ord, prefix)): {ord(ch): math.log(p) for ch, p in options.items()}
+        for prefix, options in SET_MODEL.items()
+    }
+    assert set_probabilities(grammar, known, 1.0) == [pytest.approx(0.672), pytest.approx(0.41)]
+    expected = -(math.log(0.672) + math.log(1 - 0.41)) / 2
+    assert label_set_nll(grammar, [(known, frozenset({"a"}))], 1.0) == pytest.approx(expected)
+    # {a} chosen (0.672 >= 1/2), reference {a, b}: tp 1, fn 1 -> F1 2/3.
+    f1 = thresholded_micro_f1(grammar, [(known, frozenset({"a", "b"}))], 1.0)
+    assert f1 == pytest.approx(2 / 3)

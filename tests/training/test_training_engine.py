@@ -13,8 +13,12 @@ import pytest
 
 from adapters.base_spec import spec_from_hf_config
 from adapters.fingerprint import model_fingerprint
+from adapters.label_trie import DEFAULT_MAX_EXPANSIONS
+from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec
 from adapters.registry import AdapterRegistry
-from training.data import PreparedData, prepare_data
+from tests.support.adapters import make_random_lora
+from training.calibration import TEMPERATURE_BOUNDS
+from training.data import Example, PreparedData, prepare_data
 from training.evaluate import Engine, evaluate, schema_max_tokens
 from training.metrics import score
 from training.pipeline import finish_run
@@ -153,3 +157,70 @@ def test_training_beats_the_base_model(
         assert stored.task.drift_reference == calibration.predicted_distribution
     finally:
         registry.close()
+
+
+SET_LABELS = ["card", "transfer", "refund", "fees", "pin"]
+SET_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "intents": {
+            "type": "array",
+            "items": {"type": "string", "enum": SET_LABELS},
+            "maxItems": 3,
+        },
+        "urgent": {"type": "boolean"},
+    },
+    "required": ["intents", "urgent"],
+    "additionalProperties": False,
+}
+"""A property after the array: SmolLM2 writes `]}` as one token, so `{"intents":[]}` alone would
+not encode as its pieces (`LabelSetGrammar.build`) and the labels would not be scored."""
+SET_TEXTS = [
+    ("My card has not arrived and I was charged a fee.", ["card", "fees"]),
+    ("How do I change my PIN?", ["pin"]),
+    ("I want my money back for this transfer.", ["refund", "transfer"]),
+    ("Hello there.", []),
+    ("Why was my transfer declined?", ["transfer"]),
+    ("The card machine kept my card.", ["card"]),
+]
+
+
+def test_multi_label_probabilities_are_read_and_calibrated_on_the_engine(
+    engine: Engine, base_model_path: Path, tmp_path: Path
+) -> None:
+    """A multi-label adapter (random LoRA weights) on the real engine: evaluation generates
+    its answers, reads every validation and test text's label-set probabilities as the server
+    does, fits their temperature and measures them label by label."""
+    folder = make_random_lora(
+        base_model_path, tmp_path / "lora", seed=4, rank=8, target_modules=["q_proj", "v_proj"]
+    )
+    task = TaskSpec(
+        system_message="List the intents of the banking request.",
+        output_schema=SET_SCHEMA,
+        labels=SET_LABELS,
+        label_field="intents",
+    )
+    (folder / MANIFEST_FILE).write_text(
+        AdapterManifest(name="sets", task=task).model_dump_json(exclude_none=True)
+    )
+    examples = [Example(text, {"intents": labels, "urgent": False}) for text, labels in SET_TEXTS]
+    report = evaluate(
+        folder,
+        examples[3:],
+        base_dir=base_model_path,
+        engine=engine,
+        validation=examples[:3],
+        compare_base=False,
+        write=False,
+        label_set_examples=2,
+    )
+    assert report.adapter_run.scores.validity == 1.0
+    c = report.set_calibration
+    assert c is not None and report.calibration is None
+    assert c.validation_examples == 3 and c.test_examples == 2
+    # At least the root of the first item for each text, at most the search's cap.
+    assert 5 <= c.forward_passes <= 5 * DEFAULT_MAX_EXPANSIONS
+    assert TEMPERATURE_BOUNDS[0] <= c.temperature <= TEMPERATURE_BOUNDS[1]
+    for ece in (c.val_ece_uncalibrated, c.val_ece_calibrated, c.test_ece_uncalibrated):
+        assert 0.0 <= ece <= 1.0
+    assert 0.0 <= c.test_micro_f1_thresholded <= 1.0
