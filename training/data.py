@@ -624,6 +624,8 @@ def prepare_data(recipe: Recipe, *, strict: bool = True) -> PreparedData:
             "issues": pool_report.issues + [i for i in split_report.issues if i.code not in known]
         }
     )
+    if data.leakage_policy == "drop" and "leakage" in report.codes():
+        splits, report = _drop_leaks(splits, report)
     if strict and not report.ok:
         raise DataError("the data failed validation:\n" + report.format())
     splits = {split: drop_duplicates(exs) for split, exs in splits.items()}
@@ -640,15 +642,36 @@ def _drop_conflicts(
             targets[ex.text].add(compact_json(ex.target))
     bad = {text for text, found in targets.items() if len(found) > 1}
     kept = {split: [ex for ex in exs if ex.text not in bad] for split, exs in given.items()}
+    return kept, _downgraded(report, "conflicting_labels", f"{len(bad)} texts dropped")
+
+
+def _drop_leaks(
+    splits: dict[SplitName, list[Example]], report: ValidationReport
+) -> tuple[dict[SplitName, list[Example]], ValidationReport]:
+    """Remove from validation and test every text an earlier split holds (train, then
+    validation): the training copy stays. The leakage is reported as a warning."""
+    seen: set[str] = set()
+    kept: dict[SplitName, list[Example]] = {}
+    for split in ("train", "validation", "test"):
+        exs = splits[split]
+        kept[split] = exs if split == "train" else [ex for ex in exs if ex.text not in seen]
+        seen.update(ex.text for ex in exs)
+    dropped = sum(len(splits[split]) - len(kept[split]) for split in kept)
+    report = _downgraded(report, "leakage", f"{dropped} held-out texts dropped")
+    return kept, report.model_copy(
+        update={"counts": {split: len(exs) for split, exs in kept.items()}}
+    )
+
+
+def _downgraded(report: ValidationReport, code: str, note: str) -> ValidationReport:
+    """`report` with its `code` issue made a warning, `note` added to its message."""
     issues = [
-        i.model_copy(
-            update={"severity": "warning", "message": i.message + f" ({len(bad)} texts dropped)"}
-        )
-        if i.code == "conflicting_labels"
+        i.model_copy(update={"severity": "warning", "message": f"{i.message} ({note})"})
+        if i.code == code
         else i
         for i in report.issues
     ]
-    return kept, report.model_copy(update={"issues": issues})
+    return report.model_copy(update={"issues": issues})
 
 
 def load_jsonl_examples(path: Path) -> list[Example]:

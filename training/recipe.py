@@ -70,6 +70,11 @@ class DataConfig(BaseModel):
     conflict_policy: Literal["error", "drop"] = Field(
         default="error", description="Same text, different targets: refuse, or drop them all."
     )
+    leakage_policy: Literal["error", "drop"] = Field(
+        default="error",
+        description="The same text in two splits: refuse, or drop it from the held-out one "
+        "(validation, then test; the training copy stays). Given folds can repeat a text.",
+    )
 
 
 class TaskConfig(BaseModel):

@@ -156,6 +156,27 @@ def test_prepare_refuses_bad_data_with_the_report(tmp_path: Path) -> None:
     assert "conflicting_labels" in prepared.report.codes()
 
 
+def test_leaked_texts_are_refused_or_dropped_from_the_held_out_split(tmp_path: Path) -> None:
+    """A test file repeating a training text: an error by default; with `leakage_policy:
+    drop` the test copy goes, the training copy stays, and the report says so."""
+    rows = "".join(f"text {i},{'a' if i % 2 else 'b'}\n" for i in range(20))
+    (tmp_path / "train.csv").write_text("text,label\n" + rows)
+    (tmp_path / "test.csv").write_text("text,label\ntext 3,a\nother 1,a\nother 2,b\n")
+    data = DataConfig(train=["train.csv"], test=["test.csv"])
+    recipe = Recipe(name="t", data=data, source_dir=tmp_path)
+    with pytest.raises(DataError, match="leakage"):
+        prepare_data(recipe)
+    dropping = recipe.model_copy(
+        update={"data": data.model_copy(update={"leakage_policy": "drop"})}
+    )
+    prepared = prepare_data(dropping)
+    assert [ex.text for ex in prepared.splits["test"]] == ["other 1", "other 2"]
+    assert "text 3" in {ex.text for ex in prepared.splits["train"]}
+    (issue,) = [i for i in prepared.report.issues if i.code == "leakage"]
+    assert issue.severity == "warning" and "1 held-out texts dropped" in issue.message
+    assert prepared.report.counts["test"] == 2
+
+
 def test_demo_recipe_prepares() -> None:
     recipe = load_recipe(REPO_ROOT / "training/recipes/demo.yaml")
     prepared = prepare_data(recipe)
