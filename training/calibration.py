@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from scipy.optimize import minimize_scalar
 
@@ -99,6 +99,17 @@ def set_probabilities(grammar: LabelSetGrammar, known: Known, temperature: float
     return [scored.get(label, 0.0) for label in grammar.labels]
 
 
+def _membership(
+    grammar: LabelSetGrammar, examples: Sequence[SetExample], temperature: float
+) -> Iterator[tuple[float, bool]]:
+    """Every (example, label) pair: the label's probability of being in the set, and whether
+    the reference set holds it."""
+    for known, truth in examples:
+        probabilities = set_probabilities(grammar, known, temperature)
+        for label, p in zip(grammar.labels, probabilities, strict=True):
+            yield p, label in truth
+
+
 def label_set_nll(
     grammar: LabelSetGrammar, examples: Sequence[SetExample], temperature: float
 ) -> float:
@@ -106,12 +117,9 @@ def label_set_nll(
     being in the set against whether the reference set holds it (probabilities clipped to
     `PROBABILITY_CLIP`)."""
     total = 0.0
-    for known, truth in examples:
-        for label, p in zip(
-            grammar.labels, set_probabilities(grammar, known, temperature), strict=True
-        ):
-            p = min(max(p, PROBABILITY_CLIP), 1.0 - PROBABILITY_CLIP)
-            total -= math.log(p if label in truth else 1.0 - p)
+    for p, held in _membership(grammar, examples, temperature):
+        p = min(max(p, PROBABILITY_CLIP), 1.0 - PROBABILITY_CLIP)
+        total -= math.log(p if held else 1.0 - p)
     return total / (len(examples) * len(grammar.labels))
 
 
@@ -129,12 +137,8 @@ def label_set_ece(
 ) -> float:
     """`expected_calibration_error` over every (example, label) pair: the probability that the
     label is in the set against whether the reference set holds it."""
-    confidences: list[float] = []
-    correct: list[bool] = []
-    for known, truth in examples:
-        confidences.extend(set_probabilities(grammar, known, temperature))
-        correct.extend(label in truth for label in grammar.labels)
-    return expected_calibration_error(confidences, correct)
+    pairs = list(_membership(grammar, examples, temperature))
+    return expected_calibration_error([p for p, _ in pairs], [held for _, held in pairs])
 
 
 def thresholded_micro_f1(
@@ -143,17 +147,11 @@ def thresholded_micro_f1(
     """Micro-F1 of the sets of labels whose probability is at least 1/2, against the
     references."""
     tp = fp = fn = 0
-    for known, truth in examples:
-        chosen = {
-            label
-            for label, p in zip(
-                grammar.labels, set_probabilities(grammar, known, temperature), strict=True
-            )
-            if p >= 0.5
-        }
-        tp += len(chosen & truth)
-        fp += len(chosen - truth)
-        fn += len(truth - chosen)
+    for p, held in _membership(grammar, examples, temperature):
+        chosen = p >= 0.5
+        tp += chosen and held
+        fp += chosen and not held
+        fn += held and not chosen
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
