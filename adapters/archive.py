@@ -1,4 +1,4 @@
-"""Safe unpacking of an uploaded adapter archive (`.tar.gz`/`.tgz` or `.zip`).
+"""Safe unpacking of an uploaded adapter archive (`.tar.gz`/`.tgz`, `.tar` or `.zip`).
 
 Nothing in an archive is trusted: the format is detected by magic bytes, every member path is
 checked before anything is written, links and special files are refused, and sizes are
@@ -29,6 +29,7 @@ _MAX_NAME_BYTES = 1024  # a member's whole path, well under PATH_MAX
 _MAX_PART_BYTES = 255  # one folder or file name (NAME_MAX)
 _TAR_HEADER_ALLOWANCE = 1 << 20  # decompressed tar headers and padding beyond member bytes
 _GZIP_MAGIC = b"\x1f\x8b"
+_TAR_MAGIC_AT, _TAR_MAGIC = 257, b"ustar"  # POSIX and GNU tar headers
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # tarfile's pax parser runs regular expressions whose time grows with the square of one
 # header's size (CVE-2024-6232 on Python 3.11.7: ~20 ms at 4 KiB, ~4 s at 64 KiB); so one
@@ -65,14 +66,20 @@ def extract_archive(archive: Path, dest: Path, limits: ArchiveLimits) -> Path:
             f"archive is {size} bytes, over the limit of {limits.max_archive_bytes} bytes"
         )
     with archive.open("rb") as fh:
-        magic = fh.read(4)
+        head = fh.read(_TAR_MAGIC_AT + len(_TAR_MAGIC))
     writer = _MemberWriter(dest, limits)
-    if magic.startswith(_GZIP_MAGIC):
-        _extract_tar_gz(archive, writer, limits)
-    elif magic in _ZIP_MAGICS:
+    if head.startswith(_GZIP_MAGIC):
+        with gzip.open(archive, "rb") as raw:
+            _extract_tar(raw, writer, limits, ".tar.gz")
+    elif head[_TAR_MAGIC_AT:] == _TAR_MAGIC:
+        with archive.open("rb") as raw:
+            _extract_tar(raw, writer, limits, ".tar")
+    elif head[:4] in _ZIP_MAGICS:
         _extract_zip(archive, writer, limits)
     else:
-        raise AdapterRejected("upload is not a .tar.gz or .zip archive (unrecognised first bytes)")
+        raise AdapterRejected(
+            "upload is not a .tar.gz, .tar or .zip archive (unrecognised first bytes)"
+        )
     return _adapter_root(dest)
 
 
@@ -166,17 +173,15 @@ class _MemberWriter:
                 out.write(chunk)
 
 
-def _extract_tar_gz(archive: Path, writer: _MemberWriter, limits: ArchiveLimits) -> None:
+def _extract_tar(raw: _Readable, writer: _MemberWriter, limits: ArchiveLimits, kind: str) -> None:
+    """Unpack the tar stream `raw` (decompressed already); `kind` names it in errors."""
     cap = limits.max_unpacked_bytes + _TAR_HEADER_ALLOWANCE
     try:
-        with (
-            gzip.open(archive, "rb") as raw,
-            tarfile.open(  # type: ignore[call-overload]
-                fileobj=_CappedReader(raw, cap),
-                mode="r|",
-                tarinfo=_bounded_tar_info(_HeaderBudget()),
-            ) as tar,
-        ):
+        with tarfile.open(  # type: ignore[call-overload]
+            fileobj=_CappedReader(raw, cap),
+            mode="r|",
+            tarinfo=_bounded_tar_info(_HeaderBudget()),
+        ) as tar:
             for member in tar:
                 writer.count()
                 path = writer.target(member.name)
@@ -191,7 +196,7 @@ def _extract_tar_gz(archive: Path, writer: _MemberWriter, limits: ArchiveLimits)
                     raise AdapterRejected(f"archive member {member.name!r} has no data")
                 writer.write_file(path, source)
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise AdapterRejected(f"archive is not a readable .tar.gz: {exc}") from exc
+        raise AdapterRejected(f"archive is not a readable {kind}: {exc}") from exc
 
 
 class _HeaderBudget:

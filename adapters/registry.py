@@ -94,7 +94,7 @@ class AdapterRegistry:
         description: str | None = None,
         promote_first: bool = True,
     ) -> RegisterResult:
-        """Validate and store an uploaded `.tar.gz`/`.zip` of a PEFT LoRA folder.
+        """Validate and store an uploaded `.tar.gz`, `.tar` or `.zip` of a PEFT LoRA folder.
 
         The name comes from `name`, else from the archive's `hotswap.json`; `description`
         likewise overrides the manifest's. Uploading what an existing version of that name

@@ -58,7 +58,7 @@ def read_lora_config(path: Path, base: BaseModelSpec) -> LoraSpec:
     if not path.is_file():
         raise AdapterRejected(
             f"{ADAPTER_CONFIG} is missing: upload a PEFT LoRA folder "
-            f"({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) as .tar.gz or .zip"
+            f"({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) as .tar.gz, .tar or .zip"
         )
     config = read_json_object(path, ADAPTER_CONFIG)
     if config.get("peft_type") != "LORA":

@@ -194,7 +194,9 @@ def _run_admin(call: Callable[[], object]) -> None:
 
 @adapters_app.command("push")
 def adapters_push(
-    archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".tar.gz or .zip")],
+    archive: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help=".tar.gz, .tar or .zip")
+    ],
     name: Annotated[str | None, typer.Option(help="Adapter name (else the manifest's).")] = None,
     description: Annotated[str | None, typer.Option(help="Free-form description.")] = None,
     promote: Annotated[bool, typer.Option(help="Promote the uploaded version.")] = False,

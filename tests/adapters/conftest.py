@@ -9,7 +9,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -135,8 +135,27 @@ class AdapterKit:
         top: str | None = "adapter",
         extra: Sequence[tuple[tarfile.TarInfo, bytes | None]] = (),
     ) -> Path:
-        path = self.fresh(".tar.gz")
-        with tarfile.open(path, "w:gz") as tar:
+        return self._tar(folder, "w:gz", ".tar.gz", top, extra)
+
+    def tar(
+        self,
+        folder: Path,
+        *,
+        top: str | None = "adapter",
+        extra: Sequence[tuple[tarfile.TarInfo, bytes | None]] = (),
+    ) -> Path:
+        return self._tar(folder, "w", ".tar", top, extra)
+
+    def _tar(
+        self,
+        folder: Path,
+        mode: Literal["w", "w:gz"],
+        suffix: str,
+        top: str | None,
+        extra: Sequence[tuple[tarfile.TarInfo, bytes | None]],
+    ) -> Path:
+        path = self.fresh(suffix)
+        with tarfile.open(path, mode) as tar:
             for file in sorted(folder.iterdir()):
                 tar.add(file, arcname=f"{top}/{file.name}" if top else file.name)
             for info, data in extra:

@@ -44,14 +44,16 @@ def test_versions_increase_and_promotion_is_explicit_after_the_first(
 ) -> None:
     registry.register(kit.tar_gz(kit.folder(seed=1)))
     second = registry.register(kit.zip(kit.folder(seed=2)))  # zip at the archive root
+    third = registry.register(kit.tar(kit.folder(seed=3)))  # uncompressed tar
 
     assert second.manifest.version == 2 and second.adapter.lora_int_id == 2
+    assert third.manifest.version == 3 and not registry.get("intent").quarantined
     assert registry.resolve("intent").version == 1
     assert registry.resolve("intent@2").version == 2
     registry.promote("intent", 2)
     assert registry.resolve("intent").version == 2
     detail = registry.get("intent")
-    assert detail.promoted_version == 2 and [v.version for v in detail.versions] == [1, 2]
+    assert detail.promoted_version == 2 and [v.version for v in detail.versions] == [1, 2, 3]
 
 
 def test_rollback_walks_back_through_promotions(registry: AdapterRegistry, kit: AdapterKit) -> None:

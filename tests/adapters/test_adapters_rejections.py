@@ -92,6 +92,12 @@ def truncated_tar_gz(kit: AdapterKit) -> Path:
     return archive
 
 
+def truncated_tar(kit: AdapterKit) -> Path:
+    archive = kit.tar(kit.folder())
+    archive.write_bytes(archive.read_bytes()[:1000])
+    return archive
+
+
 def q_name(layer: int, half: str) -> str:
     return f"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_{half}.weight"
 
@@ -173,8 +179,19 @@ CASES = [
         lambda k: k.tar_gz(k.folder(), extra=[member(f"adapter/f{i}") for i in range(10)]),
         "more than 8 members",
     ),
-    ("not-an-archive", raw_file(b"just some text, not an archive"), "not a .tar.gz or .zip"),
+    ("not-an-archive", raw_file(b"just some text, not an archive"), "not a .tar.gz, .tar or .zip"),
     ("truncated-gzip", truncated_tar_gz, "not a readable .tar.gz"),
+    ("truncated-tar", truncated_tar, "not a readable .tar"),
+    (
+        "tar-traversal",
+        lambda k: k.tar(k.folder(), extra=[member("../evil")]),
+        r"'\.\.' in its path",
+    ),
+    (
+        "tar-symlink",
+        lambda k: k.tar(k.folder(), extra=[member("adapter/l", tarfile.SYMTYPE, link="/etc")]),
+        "is a symlink",
+    ),
     ("corrupt-zip", raw_file(b"PK\x03\x04" + b"\0" * 64), "not a readable .zip"),
     # adapter_config.json
     ("missing-config", without("adapter_config.json"), "adapter_config.json is missing"),

@@ -37,11 +37,12 @@ def make_random_lora(
 
 
 def pack_adapter(folder: Path, archive: Path, manifest: Mapping[str, object] | None = None) -> Path:
-    """A `.tar.gz` of a PEFT folder (files at the root), with `hotswap.json` if given."""
+    """A tar of a PEFT folder (files at the root), with `hotswap.json` if given: gzipped
+    unless `archive` is named `*.tar`."""
     import json
     import tarfile
 
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w" if archive.suffix == ".tar" else "w:gz") as tar:
         for path in sorted(folder.iterdir()):
             if path.name in {"adapter_config.json", "adapter_model.safetensors"}:
                 tar.add(path, arcname=path.name)

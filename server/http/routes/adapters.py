@@ -83,7 +83,7 @@ async def upload_adapter(
     name: Annotated[str | None, Form()] = None,
     description: Annotated[str | None, Form()] = None,
 ) -> UploadView:
-    """Upload a `.tar.gz` or `.zip` of a PEFT LoRA folder (and optionally `hotswap.json`).
+    """Upload a `.tar.gz`, `.tar` or `.zip` of a PEFT LoRA folder (and optionally `hotswap.json`).
     201 with the new version; 200 with the existing one when the same upload is stored."""
     limit = request.app.state.settings.max_upload_bytes
     with tempfile.TemporaryDirectory(prefix="hotswap-upload-") as tmp:

@@ -99,7 +99,7 @@ class AdaptersServicer:
     """
 
     def UploadAdapter(self, request_iterator, context):
-        """Upload a `.tar.gz` or `.zip` of a PEFT LoRA folder (optionally with `hotswap.json`):
+        """Upload a `.tar.gz`, `.tar` or `.zip` of a PEFT LoRA folder (optionally with `hotswap.json`):
         first an `UploadHeader`, then the archive's bytes in `chunk` messages (each well under
         the server's message size limit; 1 MiB is a good size). Nothing is stored unless exactly
         `size` bytes arrive. A first version of a name is promoted (and so served).
