@@ -278,6 +278,56 @@ def test_add_lora_linear(name: str, layout: ops.Layout, dtype: torch.dtype, merg
     assert torch.equal(actual[base_rows], y0[base_rows])
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("merged", ["qkv", "gate_up"])
+def test_adapters_swapped_through_the_slots_step_after_step(
+    layout: ops.Layout, merged: str
+) -> None:
+    """vLLM puts an adapter into a slot in place (reset, then copy) and reports the slots'
+    adapters at every step. Twelve swaps into random slots, adapters of half or full rank, some
+    on one slice only: after each, the wrapper (its cache copying the changed slot only) gives
+    what the reference computes from the stacks, on a mixed batch and on the new slot alone."""
+    outs = MERGED[merged]
+    g = torch.Generator().manual_seed(23)
+    lora_a, lora_b = _stacks(g, torch.float32, HIDDEN, outs)
+    for k, a in enumerate(lora_a):
+        a[:, :, RANK // 2 :] = 0  # the first adapters are of half the rank: a swap widens it
+        if k:
+            a[SLOTS - 1] = 0  # and the last slot's on the first slice only
+    fast = SegmentedPunicaWrapperCPU(4096, 256, "cpu")
+    reference = PunicaWrapperCPU(4096, 256, "cpu")
+    ids = [i + 1 for i in range(SLOTS)]
+    slot = SLOTS - 1
+    for step in range(12):
+        if step:
+            slot = int(torch.randint(SLOTS, (1,), generator=g))
+            rank = RANK if step % 3 else RANK // 2
+            new_a, new_b = _stacks(g, torch.float32, HIDDEN, outs)
+            for k, (a, b) in enumerate(zip(lora_a, lora_b, strict=True)):
+                a[slot].zero_()  # vLLM's reset_lora, then set_lora of the slices it targets
+                b[slot].zero_()
+                if step % 4 == 0 and k > 0:
+                    continue
+                a[slot, :, :rank].copy_(new_a[k][slot, :, :rank])
+                b[slot, :, :, :rank].copy_(new_b[k][slot, :, :, :rank])
+            ids[slot] = 10 + step
+        for rows in (BATCHES["decode_mixed"], [slot] * 5):
+            lora_ids = tuple(ids[s] if s >= 0 else 0 for s in rows)
+            mapping = LoRAMapping(lora_ids, lora_ids, is_prefill=False)
+            for wrapper in (fast, reference):
+                wrapper.update_metadata(mapping, list[int | None](ids), SLOTS + 1, 1000)
+            if layout != "auto":
+                fast._token_plan = ops.plan_segments(fast.token_lora_indices, layout)
+            x = torch.randn(len(rows), HIDDEN, generator=g)
+            y0 = torch.randn(len(rows), sum(outs), generator=g)
+            actual, expected = y0.clone(), y0.clone()
+            fast.add_lora_linear(actual, x, lora_a, lora_b, 1.0, outs)
+            reference.add_lora_linear(
+                expected, x, _zero_slotted(lora_a), _zero_slotted(lora_b), 1.0, outs
+            )
+            _close(actual, expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", ["prefill_mixed", "decode_mixed", "all_base", "one_adapter"])
@@ -428,13 +478,7 @@ def test_dense_form_is_chosen_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(dense, "dense_linear", counted)
     g = torch.Generator().manual_seed(17)
     lora_a, lora_b = _stacks(g, torch.float32, HIDDEN, MERGED["qkv"])
-    form = dense.build_dense_linear(
-        [a[:, 0] for a in lora_a],
-        [b[:, 0] for b in lora_b],
-        (48, 16, 16),
-        (0, 48, 64),
-        torch.float32,
-    )
+    form = _dense_form(lora_a, lora_b, (48, 16, 16), (0, 48, 64), torch.float32)
     assert form is not None and form.macs_per_row == SLOTS * RANK * (3 * HIDDEN + 48 + 16 + 16)
     rows = BATCHES["decode_mixed"]
     for limit, name, expected in (
@@ -451,6 +495,20 @@ def test_dense_form_is_chosen_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> No
         assert len(runs) == expected, (limit, name)
 
 
+def _dense_form(
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    sizes: tuple[int, ...],
+    y_cols: tuple[int, ...],
+    dtype: torch.dtype,
+) -> dense.DenseLinear | None:
+    """`dense.build_dense_linear` of vLLM-shaped `(slots, 1, ...)` stacks."""
+    a3 = [a[:, 0] for a in lora_a]
+    b3 = [b[:, 0] for b in lora_b]
+    use = [dense.slot_rank_use(a, b[:, :size]) for a, b, size in zip(a3, b3, sizes, strict=True)]
+    return dense.build_dense_linear(a3, b3, sizes, y_cols, dtype, use)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_form_keeps_only_the_ranks_in_use(dtype: torch.dtype) -> None:
     """Stacks sized for rank 8 holding adapters of rank 3 and 5 (vLLM zero-pads them): the
@@ -463,9 +521,7 @@ def test_dense_form_keeps_only_the_ranks_in_use(dtype: torch.dtype) -> None:
         for a, b in zip(lora_a, lora_b, strict=True):
             a[slot, :, rank:] = 0
             b[slot, :, :, rank:] = 0
-    form = dense.build_dense_linear(
-        [a[:, 0] for a in lora_a], [b[:, 0] for b in lora_b], (96, 96), (0, 96), dtype
-    )
+    form = _dense_form(lora_a, lora_b, (96, 96), (0, 96), dtype)
     assert form is not None and form.rank == 5
     x = torch.randn(len(rows), HIDDEN, generator=g).to(dtype)
     y0 = torch.randn(len(rows), 192, generator=g).to(dtype)
@@ -509,6 +565,26 @@ def test_weight_cache_follows_in_place_writes() -> None:
     third = cache.shrink_weights((case.lora_a,))
     assert third.nonzero[0] == (True, True, True, True)
     torch.testing.assert_close(third.weights[2], torch.ones(HIDDEN, RANK))
+
+
+def test_weight_cache_copies_only_the_slots_whose_adapter_changed() -> None:
+    """With the slots' adapters reported, a rebuild copies the slots whose adapter changed;
+    a write no report explains rebuilds every slot."""
+    cache = ops.WeightCache()
+    cache.note_slots([1, 2, 3, 4])
+    (lora_a,), (lora_b,) = _stacks(torch.Generator().manual_seed(21), torch.float32, HIDDEN, (48,))
+    first = cache.linear((lora_a,), (lora_b,), (48,), torch.float32)
+    lora_a[2].fill_(1.0)  # adapter 9 put into slot 2
+    lora_a[1].fill_(5.0)  # a write to slot 1 that no report explains
+    cache.note_slots([1, 2, 9, 4])
+    second = cache.linear((lora_a,), (lora_b,), (48,), torch.float32)
+    assert second is not first
+    torch.testing.assert_close(second.shrink.weights[2], torch.ones(HIDDEN, RANK))
+    assert not bool((second.shrink.weights[1] == 5.0).any())  # slot 1 was not copied again
+    lora_a[3].zero_()  # reported by nothing either: every slot is copied
+    third = cache.linear((lora_a,), (lora_b,), (48,), torch.float32)
+    torch.testing.assert_close(third.shrink.weights[1], torch.full((HIDDEN, RANK), 5.0))
+    assert third.shrink.nonzero[0] == (True, True, True, False)
 
 
 def test_weight_cache_forgets_freed_stacks() -> None:

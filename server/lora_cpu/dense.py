@@ -93,16 +93,18 @@ def build_dense_linear(
     sizes: Sequence[int],
     y_cols: Sequence[int],
     dtype: torch.dtype,
+    rank_use: Sequence[torch.Tensor],
 ) -> DenseLinear | None:
     """The dense form of a layer's slices; None when every slot's weights are zero.
 
     `lora_a[k]` is `(slots, rank, in)`, `lora_b[k]` `(slots, out, rank)` (vLLM's stacks without
-    their singleton dimension); slice `k` writes `sizes[k]` outputs from column `y_cols[k]`.
-    Only the ranks some slot uses are kept (vLLM sizes the stacks for `max_lora_rank` and
-    zero-pads smaller adapters, so rank-8 adapters in a rank-64 engine cost rank 8), and only the
-    slices that use one of them (an adapter set that targets q and v leaves k out).
+    their singleton dimension); slice `k` writes `sizes[k]` outputs from column `y_cols[k]`;
+    `rank_use[k]` is its `slot_rank_use`. Only the ranks some slot uses are kept (vLLM sizes
+    the stacks for `max_lora_rank` and zero-pads smaller adapters, so rank-8 adapters in a
+    rank-64 engine cost rank 8), and only the slices that use one of them (an adapter set that
+    targets q and v leaves k out).
     """
-    used = [_used_ranks(a, b[:, :size]) for a, b, size in zip(lora_a, lora_b, sizes, strict=True)]
+    used = [use.any(dim=0) for use in rank_use]
     kept = [k for k, ranks in enumerate(used) if bool(ranks.any())]
     if not kept:
         return None
@@ -117,10 +119,21 @@ def build_dense_linear(
     return DenseLinear(Matrix(a_rows.to(dtype).t()), tuple(slices), slots, rank, macs_per_row)
 
 
-def _used_ranks(lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
-    """`(rank,)`: whether the A row and the B column of each rank index are nonzero in some
-    slot (in the same slot: otherwise that rank adds nothing)."""
-    return (lora_a.ne(0).any(dim=2) & lora_b.ne(0).any(dim=1)).any(dim=0)
+def slot_rank_use(
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    dirty: Sequence[int] | None = None,
+    old: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`(slots, rank)`: whether the A row and the B column of each rank index are nonzero in
+    that slot (both: otherwise that rank adds nothing). With `dirty` and the `old` result,
+    only the `dirty` slots are read again."""
+    if dirty is None or old is None or old.shape != (lora_a.shape[0], lora_a.shape[1]):
+        return lora_a.any(dim=2) & lora_b.any(dim=1)
+    use = old.clone()
+    for slot in dirty:
+        use[slot] = lora_a[slot].any(dim=1) & lora_b[slot].any(dim=0)
+    return use
 
 
 def slot_mask(

@@ -249,9 +249,18 @@ def _versions(stacks: tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
         return None
 
 
-def _nonzero_slots(stack: torch.Tensor) -> tuple[bool, ...]:
+def _nonzero_slots(
+    stack: torch.Tensor, dirty: Sequence[int] | None = None, old: tuple[bool, ...] | None = None
+) -> tuple[bool, ...]:
+    """Whether each slot of `stack` holds a nonzero weight; with `dirty` and the `old` flags,
+    only the `dirty` slots are read again."""
     s3 = _as_3d(stack)
-    return tuple(bool(f) for f in s3.reshape(s3.shape[0], -1).ne(0).any(dim=1))
+    if dirty is None or old is None or len(old) != s3.shape[0]:
+        return tuple(bool(f) for f in s3.reshape(s3.shape[0], -1).any(dim=1))
+    flags = list(old)
+    for slot in dirty:
+        flags[slot] = bool(s3[slot].any())
+    return tuple(flags)
 
 
 @dataclass(eq=False)
@@ -291,6 +300,8 @@ class LinearWeights:
     slices: tuple[_Slice, ...]
     sources: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] = ((), ())
     """vLLM's A and B stacks, 3-D, for the dense form."""
+    rank_use: tuple[torch.Tensor, ...] = ()
+    """Per slice, `(slots, rank)`: the ranks each slot uses (`dense.slot_rank_use`)."""
     _plan: SegmentPlan | None = None
     _active: tuple[_Slice, ...] = ()
     _dense: dict[torch.dtype, dense.DenseLinear | None] = field(default_factory=dict)
@@ -300,7 +311,12 @@ class LinearWeights:
         if dtype not in self._dense:
             lora_a, lora_b = self.sources
             self._dense[dtype] = dense.build_dense_linear(
-                lora_a, lora_b, [s.size for s in self.slices], [s.y_col for s in self.slices], dtype
+                lora_a,
+                lora_b,
+                [s.size for s in self.slices],
+                [s.y_col for s in self.slices],
+                dtype,
+                self.rank_use,
             )
         return self._dense[dtype]
 
@@ -321,6 +337,8 @@ class _Entry:
     refs: tuple[weakref.ref[torch.Tensor], ...]
     versions: tuple[int, ...]
     value: LinearWeights
+    generations: tuple[int, ...]
+    """The cache's slot generations when the entry was built."""
 
 
 @dataclass(eq=False)
@@ -331,9 +349,45 @@ class WeightCache:
     loads an adapter into a slot with `copy_`, which bumps the stack's version counter) and
     dropped when a source stack is freed. Stacks without a version counter are converted on
     every call.
+
+    vLLM writes a slot only when it puts an adapter there. The wrapper reports which adapter
+    each slot holds at every step (`note_slots`), so a rebuild copies and scans only the slots
+    whose adapter changed since the entry was built: loading one adapter into an engine of 8
+    slots costs one slot's copy, not eight. A write with no adapter change seen (a caller
+    that never reports slots) rebuilds every slot.
     """
 
     _entries: dict[tuple[object, ...], _Entry] = field(default_factory=dict)
+    _slot_ids: list[int | None] = field(default_factory=list)
+    _generations: list[int] = field(default_factory=list)
+    _clock: int = 0
+
+    def note_slots(self, lora_index_to_id: Sequence[int | None]) -> None:
+        """Record the adapter id each slot holds (vLLM's `lora_index_to_id`) before the
+        step's products: a slot whose id changed has been written."""
+        for slot, lora_id in enumerate(lora_index_to_id):
+            if slot < len(self._slot_ids) and self._slot_ids[slot] == lora_id:
+                continue
+            self._clock += 1
+            if slot < len(self._slot_ids):
+                self._slot_ids[slot], self._generations[slot] = lora_id, self._clock
+            else:
+                self._slot_ids.append(lora_id)
+                self._generations.append(self._clock)
+
+    def _dirty_slots(
+        self, entry: _Entry | None, stacks: tuple[torch.Tensor, ...]
+    ) -> Sequence[int] | None:
+        """The slots to copy again into `entry` (built from these same stacks, now written),
+        or None for all of them."""
+        if entry is None or not all(r() is s for r, s in zip(entry.refs, stacks, strict=True)):
+            return None
+        slots = _as_3d(stacks[0]).shape[0]
+        known = entry.generations
+        if len(known) < slots or len(self._generations) < slots:
+            return None
+        dirty = [slot for slot in range(slots) if self._generations[slot] != known[slot]]
+        return dirty or None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -354,7 +408,10 @@ class WeightCache:
             assert entry is not None
             return entry.value
         n = len(output_slices)
-        value = _build_linear(stacks[:n], stacks[n:], output_slices, dtype, offset_start, entry)
+        dirty = self._dirty_slots(entry, stacks)
+        value = _build_linear(
+            stacks[:n], stacks[n:], output_slices, dtype, offset_start, entry, dirty
+        )
         self._keep(key, stacks, value)
         return value
 
@@ -383,7 +440,7 @@ class WeightCache:
             entries.pop(key, None)
 
         refs = tuple(weakref.ref(s, forget) for s in stacks)
-        self._entries[key] = _Entry(refs, versions, value)
+        self._entries[key] = _Entry(refs, versions, value, tuple(self._generations))
 
     def shrink_weights(
         self, lora_a_stacked: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32
@@ -411,14 +468,21 @@ class WeightCache:
         if self._current(entry, stacks):
             assert entry is not None
             return entry.value.shrink
-        old = entry.value.shrink.weights if entry is not None else None
+        dirty = self._dirty_slots(entry, stacks)
+        old = entry.value.shrink if entry is not None else None
+        old_weights = old.weights if old is not None else None
         if size is None:
-            weights = _shrink_layout(stacks, dtype, old)
-            nonzero = tuple(_nonzero_slots(s) for s in stacks)
+            weights, dirty = _shrink_layout(stacks, dtype, old_weights, dirty)
+            nonzero = tuple(
+                _nonzero_slots(s, dirty, old.nonzero[k] if old is not None else None)
+                for k, s in enumerate(stacks)
+            )
         else:
             b3 = _as_3d(stacks[0])
-            weights = _expand_layout(b3, size, dtype, old)
-            nonzero = (_nonzero_slots(b3[:, :size]),)
+            weights, dirty = _expand_layout(b3, size, dtype, old_weights, dirty)
+            nonzero = (
+                _nonzero_slots(b3[:, :size], dirty, old.nonzero[0] if old is not None else None),
+            )
         cached = CachedWeights(weights, nonzero)
         self._keep(key, stacks, LinearWeights(cached, ()))
         return cached
@@ -428,27 +492,47 @@ def _fits(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) 
     return out is not None and tuple(out.shape) == shape and out.dtype == dtype
 
 
+def _copy_slots(out: torch.Tensor, part: torch.Tensor, dirty: Sequence[int] | None) -> None:
+    """`out[:] = part`, or only the `dirty` slots (dimension 0)."""
+    if dirty is None:
+        out.copy_(part)
+        return
+    for slot in dirty:
+        out[slot].copy_(part[slot])
+
+
 def _expand_layout(
-    b3: torch.Tensor, size: int, dtype: torch.dtype, out: torch.Tensor | None
-) -> torch.Tensor:
+    b3: torch.Tensor,
+    size: int,
+    dtype: torch.dtype,
+    out: torch.Tensor | None,
+    dirty: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, Sequence[int] | None]:
+    """B transposed into `out` (a new buffer when it does not fit: every slot copied then);
+    returns it and the slots copied (None: all)."""
     part = b3[:, :size].transpose(1, 2)  # (slots, rank, size)
     if out is None or not _fits(out, tuple(part.shape), dtype):
-        out = torch.empty(tuple(part.shape), dtype=dtype)
-    return out.copy_(part)
+        out, dirty = torch.empty(tuple(part.shape), dtype=dtype), None
+    _copy_slots(out, part, dirty)
+    return out, dirty
 
 
 def _shrink_layout(
-    stacks: Sequence[torch.Tensor], dtype: torch.dtype, out: torch.Tensor | None
-) -> torch.Tensor:
+    stacks: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    out: torch.Tensor | None,
+    dirty: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, Sequence[int] | None]:
+    """The A of every slice, transposed, side by side, like `_expand_layout`."""
     parts = [_as_3d(a).transpose(1, 2) for a in stacks]  # (slots, in, rank) each
     shape = (parts[0].shape[0], parts[0].shape[1], sum(p.shape[2] for p in parts))
     if out is None or not _fits(out, shape, dtype):
-        out = torch.empty(shape, dtype=dtype)
+        out, dirty = torch.empty(shape, dtype=dtype), None
     col = 0
     for part in parts:
-        out[:, :, col : col + part.shape[2]].copy_(part)
+        _copy_slots(out[:, :, col : col + part.shape[2]], part, dirty)
         col += part.shape[2]
-    return out
+    return out, dirty
 
 
 def _build_linear(
@@ -458,26 +542,44 @@ def _build_linear(
     dtype: torch.dtype,
     offset_start: int,
     previous: _Entry | None,
+    dirty: Sequence[int] | None,
 ) -> LinearWeights:
-    """Lay the stacks out for the products (into the previous buffers when they fit)."""
+    """Lay the stacks out for the products (into the previous buffers when they fit, copying
+    only the `dirty` slots there when given)."""
     old = previous.value if previous is not None else None
-    a_out = _shrink_layout(lora_a_stacked, dtype, old.shrink.weights if old is not None else None)
+    if old is None or len(old.slices) != len(output_slices):
+        old, dirty = None, None
+    a_out, dirty = _shrink_layout(
+        lora_a_stacked, dtype, old.shrink.weights if old is not None else None, dirty
+    )
     slices = []
+    rank_use = []
     t_col, y_col = 0, offset_start
     for k, (lora_a, lora_b, size) in enumerate(
         zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True)
     ):
-        rank = _as_3d(lora_a).shape[1]
-        b3 = _as_3d(lora_b)
-        b_out = old.slices[k].expand.weights if old is not None and old.slices else None
-        b_weights = _expand_layout(b3, size, dtype, b_out)
-        expand = CachedWeights(b_weights, (_nonzero_slots(b3[:, :size]),))
+        a3, b3 = _as_3d(lora_a), _as_3d(lora_b)
+        rank = a3.shape[1]
+        before = old.slices[k] if old is not None else None
+        b_weights, copied = _expand_layout(
+            b3, size, dtype, before.expand.weights if before is not None else None, dirty
+        )
+        b_nonzero = before.expand.nonzero[0] if before is not None else None
+        expand = CachedWeights(b_weights, (_nonzero_slots(b3[:, :size], copied, b_nonzero),))
         slices.append(_Slice(t_col, rank, y_col, size, expand))
+        rank_use.append(
+            dense.slot_rank_use(
+                a3, b3[:, :size], copied, old.rank_use[k] if old is not None else None
+            )
+        )
         t_col += rank
         y_col += size
-    nonzero = tuple(_nonzero_slots(a) for a in lora_a_stacked)
+    nonzero = tuple(
+        _nonzero_slots(a, dirty, old.shrink.nonzero[k] if old is not None else None)
+        for k, a in enumerate(lora_a_stacked)
+    )
     sources = (tuple(map(_as_3d, lora_a_stacked)), tuple(map(_as_3d, lora_b_stacked)))
-    return LinearWeights(CachedWeights(a_out, nonzero), tuple(slices), sources)
+    return LinearWeights(CachedWeights(a_out, nonzero), tuple(slices), sources, tuple(rank_use))
 
 
 # --- scratch space -------------------------------------------------------------------------

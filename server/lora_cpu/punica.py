@@ -49,6 +49,7 @@ class SegmentedPunicaWrapperCPU(PunicaWrapperCPU):
         **kwargs: Any,
     ) -> None:
         super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
+        self._state.weights.note_slots(lora_index_to_id)
         self._token_plan = ops.plan_segments(self.token_lora_indices)
         self._sampler_plan = None
 
