@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 class AdapterService:
     """Upload, promote, roll back and delete adapters without failing a request.
 
-    A version is loaded into the engine (and has served one token) before the name points
+    A version is loaded into the engine (read and checked by vLLM) before the name points
     at it, the first version of a name included. Requests already running keep the version
     they resolved at their start: each version has its own engine id, so a swap never
     changes what a running request uses. Registry calls (database, cross-process locks) run
@@ -36,6 +36,8 @@ class AdapterService:
         self._registry = registry
         self._engine = engine
         self._changes = asyncio.Lock()
+        self._gauge_refresh: asyncio.Task[None] | None = None
+        self._gauge_stale = False
 
     async def upload(
         self, archive: Path, *, name: str | None = None, description: str | None = None
@@ -176,4 +178,21 @@ class AdapterService:
             ) from exc
         m.ADAPTER_LOAD_SECONDS.labels(version.name).observe(time.perf_counter() - started)
         m.ADAPTER_LOADS.labels(version.name).inc()
-        m.ADAPTERS_LOADED.set(len(await self._engine.loaded_loras()))
+        self._refresh_loaded_gauge()
+
+    def _refresh_loaded_gauge(self) -> None:
+        """Recount `hotswap_adapters_loaded` in the background. Asking the engine what it
+        holds is a round trip to its core, which answers between two steps: under load that
+        was half of a promote's time, for a gauge."""
+        self._gauge_stale = True
+        if self._gauge_refresh is None or self._gauge_refresh.done():
+            self._gauge_refresh = asyncio.create_task(self._count_loaded())
+
+    async def _count_loaded(self) -> None:
+        while self._gauge_stale:
+            self._gauge_stale = False
+            try:
+                m.ADAPTERS_LOADED.set(len(await self._engine.loaded_loras()))
+            except HotswapError as exc:  # engine down: its restart reloads, and recounts
+                logger.warning("Not counting the loaded adapters: %s", exc)
+                return

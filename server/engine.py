@@ -12,7 +12,6 @@ import logging
 import multiprocessing
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -320,17 +319,16 @@ class Engine:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     async def load_lora(self, lora: LoraTarget) -> None:
-        """Load an adapter into the engine and run one token through it, so that the first
-        request routed to it finds it warm."""
+        """Load an adapter into the engine's adapter cache: vLLM reads its files and checks
+        every tensor against the model, so a request routed to it reads nothing from disk.
+        Its first request moves it into an engine slot, as for any adapter in the cache;
+        running a token through it here instead cost the swap more than it saved that
+        request (docs/benchmarks.md, "Hot swap")."""
         from vllm.lora.request import LoRARequest
 
         llm = self._require()
         await self._utility(llm.add_lora(LoRARequest(lora.name, lora.lora_int_id, str(lora.path))))
         self._touch(lora.lora_int_id)
-        prompt = self.tokenize("warm-up")
-        request_id = f"warm-{lora.name}-{uuid.uuid4().hex}"
-        async for _ in self.generate(prompt, Sampling(max_tokens=1), request_id, lora):
-            pass
 
     def _touch(self, lora_int_id: int) -> bool:
         """Mark an adapter as used; True when it was not resident (a cold load)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from adapters.errors import AdapterNotFound, AdapterRejected
 from adapters.registry import AdapterRegistry
@@ -42,6 +43,10 @@ class StandInEngine:
         self.loads: list[tuple[str, int | None]] = []
         self.failing: set[str] = set()
         self.down = False
+        self.held: set[int] = set()
+        self.counted = asyncio.Event()  # set by each count of what the engine holds
+        self.count_gate = asyncio.Event()  # a count answers once this is set
+        self.count_gate.set()
 
     async def load_lora(self, lora: LoraTarget) -> None:
         name = lora.name.split("@")[0]
@@ -50,9 +55,12 @@ class StandInEngine:
             raise EngineUnavailable("The engine is not ready; retry shortly.")
         if lora.name in self.failing:
             raise RuntimeError("CUDA error: internal detail")
+        self.held.add(lora.lora_int_id)
 
     async def loaded_loras(self) -> set[int]:
-        return set()
+        await self.count_gate.wait()
+        self.counted.set()
+        return set(self.held)
 
 
 @pytest.fixture
@@ -75,6 +83,29 @@ async def test_a_first_version_is_promoted_only_after_it_loaded(
     await service.upload(kit.tar_gz(kit.folder(seed=1)))
     assert engine.loads == [("intent@1", None)]  # later versions wait for a promote
     assert registry.get("intent").promoted_version == 1
+
+
+async def test_a_promote_does_not_wait_for_the_loaded_adapters_gauge(
+    service: AdapterService, engine: StandInEngine, kit: AdapterKit
+) -> None:
+    """Counting what the engine holds is a round trip to its core: the gauge is recounted in
+    the background, and the promote returns first."""
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("hotswap_adapters_loaded")
+
+    await service.upload(kit.tar_gz(kit.folder()))
+    await asyncio.wait_for(engine.counted.wait(), 5)
+    assert gauge() == 1
+    await service.upload(kit.tar_gz(kit.folder(seed=1)))
+    engine.count_gate.clear()  # the engine's core does not answer the count yet
+    engine.counted.clear()
+    promoted = await asyncio.wait_for(service.promote("intent", 2), 5)
+    assert promoted.version == 2 and not engine.counted.is_set()
+    engine.count_gate.set()
+    await asyncio.wait_for(engine.counted.wait(), 5)
+    await asyncio.sleep(0)
+    assert gauge() == 2
 
 
 async def test_a_first_version_the_engine_cannot_load_stays_unpromoted(
