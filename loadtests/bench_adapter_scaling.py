@@ -1,14 +1,18 @@
-"""Throughput retention as the number of distinct adapters in the mix grows: 1, 2, 4, 8, 16.
+"""Throughput retention as the number of distinct adapters in the mix grows: 1, 2, 4, ... up
+to `--adapters` (16).
 
-One `hotswap serve` on loopback (bf16, `max_loras` 16 so that every adapter of the mix can
-share a batch), 16 PEFT LoRAs (rank 8, q/v). Every run sends the same streamed chat requests
-(same prompts, greedy), spread round-robin over k adapters; a base-model run comes before
-each mix and after the last, and each mix is compared with the mean of the two base runs
-around it (so slow drift of a shared machine cancels). Prints the table and writes a plot to
-`docs/img/adapter_scaling.png`.
+One `hotswap serve` on loopback (bf16, `max_loras` = `--adapters` by default, so that every
+adapter of the mix can share a batch; a smaller `--max-loras` makes the engine's slots churn
+as adapters rotate), PEFT LoRAs (rank 8 on q/v; `--rank`, `--targets`). Every run sends the
+same streamed chat requests (same prompts, greedy), spread round-robin over k adapters; a
+base-model run comes before each mix and after the last, and each mix is compared with the
+mean of the two base runs around it (so slow drift of a shared machine cancels). Prints the
+table and writes a plot (`--plot`, default `docs/img/adapter_scaling.png`).
 
     .venv/bin/python loadtests/bench_adapter_scaling.py          # a few minutes
     .venv/bin/python loadtests/bench_adapter_scaling.py --long   # more requests, 2 passes
+    .venv/bin/python loadtests/bench_adapter_scaling.py --adapters 32 --max-loras 8 \
+        --rank 16 --targets all                                  # 32 in rotation through 8 slots
 """
 
 from __future__ import annotations
@@ -23,14 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtests.bench_engine import make_adapters  # noqa: E402
+from loadtests.bench_engine import ALL_LINEAR, make_adapters  # noqa: E402
 from loadtests.bench_vs_vllm import base_name  # noqa: E402
 from loadtests.workload import load_prompts, request_mix, run_calls  # noqa: E402
 from server.base_model import prepare_default_base_model  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 
-MIXES = (1, 2, 4, 8, 16)
 PLOT = ROOT / "docs" / "img" / "adapter_scaling.png"
 
 
@@ -46,10 +49,11 @@ async def measure(
         return result.tokens_per_s
 
     await run_calls(url, request_mix(adapters, prompts, len(adapters)), 8, 4)  # load all
-    retention: dict[int, list[float]] = {k: [] for k in MIXES}
+    mixes = mix_sizes(len(adapters))
+    retention: dict[int, list[float]] = {k: [] for k in mixes}
     for _ in range(args.passes):
         before = await rate([base])
-        for k in MIXES:
+        for k in mixes:
             mixed = await rate(adapters[:k])
             after = await rate([base])
             retention[k].append(mixed / ((before + after) / 2))
@@ -62,7 +66,13 @@ async def measure(
     return retention
 
 
-def plot(retention: dict[int, float], title: str) -> None:
+def mix_sizes(adapters: int) -> list[int]:
+    """1, 2, 4, ... below `adapters`, then `adapters`."""
+    sizes = [2**i for i in range(adapters.bit_length()) if 2**i < adapters]
+    return [*sizes, adapters]
+
+
+def plot(retention: dict[int, float], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,8 +89,8 @@ def plot(retention: dict[int, float], title: str) -> None:
     axes.set_title(title, fontsize=9)
     axes.legend(loc="lower left")
     figure.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(PLOT, dpi=120)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -90,20 +100,31 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--passes", type=int, default=1)
     parser.add_argument("--long", action="store_true", help="64 requests of 64 tokens, 2 passes")
+    parser.add_argument("--adapters", type=int, default=16, help="the largest mix")
+    parser.add_argument("--max-loras", type=int, help="engine slots (default: --adapters)")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--targets", choices=["qv", "all"], default="qv")
+    parser.add_argument("--plot", type=Path, default=PLOT, help=f"default {PLOT.name}")
     args = parser.parse_args()
+    max_loras = args.max_loras or args.adapters
+    targets = ALL_LINEAR if args.targets == "all" else ["q_proj", "v_proj"]
     if args.long:
         args.requests, args.max_tokens, args.passes = 64, 64, 2
     base = prepare_default_base_model(Settings().home)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        adapters = make_adapters(base, tmp, max(MIXES), 8, ["q_proj", "v_proj"])
+        adapters = make_adapters(base, tmp, args.adapters, args.rank, targets)
         (tmp / "home").mkdir()
         server = start_server(
             tmp / "server.log",
             home=tmp / "home",
             base_model=base,
             args=["--dtype", "bfloat16", *(f"--adapter={p.name}={p}" for p in adapters)],
-            env={"HOTSWAP_MAX_LORAS": str(max(MIXES))},
+            env={
+                "HOTSWAP_MAX_LORAS": str(max_loras),
+                "HOTSWAP_MAX_LORA_RANK": str(max(16, args.rank)),
+                "HOTSWAP_MAX_CPU_LORAS": str(max(args.adapters, max_loras)),
+            },
         )
         try:
             names = [p.name for p in adapters]
@@ -113,14 +134,15 @@ def main() -> None:
     medians = {k: statistics.median(values) for k, values in retention.items()}
     title = (
         f"{args.requests} streamed requests x {args.max_tokens} tokens, {args.concurrency} "
-        "concurrent; LoRA rank 8 on q/v, bf16, CPU"
+        f"concurrent; LoRA rank {args.rank} on {'all linear' if args.targets == 'all' else 'q/v'}"
+        f", {max_loras} slots, bf16, CPU"
     )
     print(f"\n{title}")
     print(f"{'adapters':>9} {'x base':>7}")
     for k, value in medians.items():
         print(f"{k:9d} {value:7.2f}")
-    plot(medians, title)
-    print(f"plot: {PLOT.relative_to(ROOT)}")
+    plot(medians, title, args.plot)
+    print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

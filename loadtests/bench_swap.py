@@ -1,7 +1,9 @@
 """Hot-swap costs, measured against a real `hotswap serve` on loopback.
 
-1. Time from upload start to the first response of the new version (upload, promote,
-   first request), p50/p95 over several versions of a rank-16 adapter (all linear layers).
+1. Time from upload start to the first token and to the whole answer of the new version
+   (upload, promote, a streamed chat completion of it), p50/p95 over several versions of a
+   rank-16 adapter (all linear layers): on the idle server, then while `--clients` other
+   callers are being served.
 2. Request latency while versions are promoted every few seconds vs without swaps, same
    client loop, same run: p50/p95/p99 and the ratio. Failed requests are counted.
 3. Cold loads: the server keeps `--max-cpu-loras` adapters in memory; requests cycling over
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -56,18 +59,87 @@ def upload(http: httpx.Client, archive: Path, name: str) -> int:
     return int(response.json()["version"])
 
 
-def time_to_first_response(http: httpx.Client, archives: list[Path]) -> list[float]:
-    """Upload each archive as a new version of `swapme`, promote it, call it once."""
-    times = []
+def first_token_seconds(http: httpx.Client, model: str, version: int) -> tuple[float, float]:
+    """(seconds to the first streamed token, to the end) of one chat completion of `model`,
+    checked to be answered by `version`."""
+    started = time.perf_counter()
+    first = None
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": REQUEST["input"]}],
+        "max_tokens": REQUEST["max_tokens"],
+        "stream": True,
+    }
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        assert response.headers["x-hotswap-adapter-version"] == f"{model}@{version}"
+        for line in response.iter_lines():
+            if first is None and line.startswith("data: {"):
+                choices = json.loads(line.removeprefix("data: "))["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    first = time.perf_counter() - started
+    assert first is not None, f"no content streamed from {model}"
+    return first, time.perf_counter() - started
+
+
+def time_to_first_response(http: httpx.Client, archives: list[Path]) -> dict[str, list[float]]:
+    """Upload each archive as a new version of `swapme`, promote it, stream one answer from
+    it. Seconds per phase (upload, promote, first token, the rest of the answer) and from
+    the upload's start to the first token and to the whole answer, per version."""
+    phases: dict[str, list[float]] = {
+        "upload": [],
+        "promote": [],
+        "first token": [],
+        "to first token": [],
+        "to full answer": [],
+    }
     for archive in archives:
         started = time.perf_counter()
         version = upload(http, archive, "swapme")
+        uploaded = time.perf_counter()
         http.post("/v1/adapters/swapme/promote", json={"version": version}).raise_for_status()
-        response = http.post("/v1/generate", json={"adapter": "swapme", **REQUEST})
-        response.raise_for_status()
-        assert response.json()["adapter"]["version"] == version
-        times.append(time.perf_counter() - started)
-    return times
+        promoted = time.perf_counter()
+        first, whole = first_token_seconds(http, "swapme", version)
+        for phase, seconds in (
+            ("upload", uploaded - started),
+            ("promote", promoted - uploaded),
+            ("first token", first),
+            ("to first token", promoted - started + first),
+            ("to full answer", promoted - started + whole),
+        ):
+            phases[phase].append(seconds)
+    return phases
+
+
+async def background_clients(url: str, clients: int, stop: asyncio.Event) -> int:
+    """`clients` closed-loop callers of the adapter `steady` until `stop`; requests done."""
+    done = 0
+
+    async def caller(http: httpx.AsyncClient) -> None:
+        nonlocal done
+        while not stop.is_set():
+            response = await http.post("/v1/generate", json={"adapter": "steady", **REQUEST})
+            response.raise_for_status()
+            done += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await asyncio.gather(*(caller(http) for _ in range(clients)))
+    return done
+
+
+async def time_to_first_response_under_load(
+    url: str, archives: list[Path], clients: int
+) -> tuple[dict[str, list[float]], int]:
+    """`time_to_first_response` while `clients` other callers are being served."""
+    stop = asyncio.Event()
+    load = asyncio.create_task(background_clients(url, clients, stop))
+    await asyncio.sleep(2.0)
+    try:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            phases = await asyncio.to_thread(time_to_first_response, http, archives)
+    finally:
+        stop.set()
+    return phases, await load
 
 
 async def latency_under(
@@ -127,8 +199,17 @@ def cold_loads(http: httpx.Client, archives: list[Path], rounds: int) -> tuple[l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long", action="store_true", help="more versions and longer loops")
+    parser.add_argument(
+        "--clients", type=int, default=4, help="callers served while versions are swapped in"
+    )
+    parser.add_argument(
+        "--archive",
+        choices=["tar", "tar.gz"],
+        default="tar",
+        help="upload format (weights hardly compress; .tar.gz costs the server a decompression)",
+    )
     args = parser.parse_args()
-    versions, seconds, rounds = (12, 120.0, 4) if args.long else (5, 40.0, 2)
+    versions, seconds, rounds = (12, 120.0, 4) if args.long else (8, 40.0, 2)
     home_models = Settings().home
     base = prepare_default_base_model(home_models)
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -138,9 +219,9 @@ def main() -> None:
                 make_random_lora(
                     base, tmp / f"a{i}", seed=500 + i, rank=16, target_modules=ALL_LINEAR
                 ),
-                tmp / f"a{i}.tar.gz",
+                tmp / f"a{i}.{args.archive}",
             )
-            for i in range(max(versions, 4))
+            for i in range(2 * versions + 1)
         ]
         (tmp / "home").mkdir()
         server = start_server(
@@ -152,14 +233,24 @@ def main() -> None:
         )
         try:
             with httpx.Client(base_url=server.url, timeout=600) as http:
-                ttfr = time_to_first_response(http, archives[:versions])
+                upload(http, archives[-1], "steady")
+                idle = time_to_first_response(http, archives[:versions])
+                loaded, background = asyncio.run(
+                    time_to_first_response_under_load(
+                        server.url, archives[versions : 2 * versions], args.clients
+                    )
+                )
                 quiet, quiet_failed, _ = asyncio.run(latency_under(server.url, seconds, 4, None))
                 busy, busy_failed, swaps = asyncio.run(latency_under(server.url, seconds, 4, 3.0))
                 cold, warm = cold_loads(http, archives[:4], rounds)
         finally:
             server.stop()
     print("\nupload -> promote -> first response of the new version (rank 16, all linear)")
-    print("  " + summary(ttfr))
+    for label, phases in (("idle", idle), (f"{args.clients} clients served", loaded)):
+        print(f"  {label}:")
+        for phase, times in phases.items():
+            print(f"    {phase:15s} {summary(times)}")
+    print(f"  requests served to the other clients meanwhile: {background}")
     print(f"\nrequest latency, 4 closed-loop clients, {seconds:.0f} s each")
     print(
         f"  no swaps:            {summary(quiet)}  {len(quiet) / seconds:5.2f} req/s"
