@@ -84,8 +84,8 @@ def first_token_seconds(http: httpx.Client, model: str, version: int) -> tuple[f
 
 def time_to_first_response(http: httpx.Client, archives: list[Path]) -> dict[str, list[float]]:
     """Upload each archive as a new version of `swapme`, promote it, stream one answer from
-    it. Seconds per phase (upload, promote, first token, the rest of the answer) and from
-    the upload's start to the first token and to the whole answer, per version."""
+    it. Seconds per phase (upload, promote, the answer's first token) and from the upload's
+    start to the first token and to the whole answer, per version."""
     phases: dict[str, list[float]] = {
         "upload": [],
         "promote": [],
