@@ -11,10 +11,13 @@ from openai import OpenAI
 
 from server.base_model import prepare_default_base_model
 from tests.support.adapters import make_random_lora
+from tests.support.ast_guard import serialize_ast_parse
 from tests.support.server import RunningServer, start_server
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 HOME = Path(os.environ.get("HOTSWAP_HOME", Path.home() / ".cache" / "hotswap"))
+
+serialize_ast_parse()  # CPython 3.11's AST converter is not thread-safe: tests/support/ast_guard.py
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker

@@ -15,12 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import schemathesis
-
-# schemathesis loads its OpenAPI support on the first `from_dict`; loading it here, when the
-# test modules are collected, keeps that import (and pytest's rewriting of its modules) away
-# from the interpreter state that earlier recursion-limit tests leave behind: CI once saw
-# CPython's "AST constructor recursion depth mismatch" there, mid-suite.
-import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
