@@ -14,7 +14,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,23 +142,34 @@ class RunResult:
         return [r.ttft_s for r in self.requests]
 
 
-async def run_calls(
-    url: str, calls: Sequence[Call], concurrency: int, max_tokens: int
+async def closed_loop(
+    calls: Sequence[Call], concurrency: int, send: Callable[[Call], Awaitable[Streamed]]
 ) -> RunResult:
-    """Send `calls` with `concurrency` closed-loop clients; wall-clock completion tokens/s."""
+    """`calls` sent through `send` by `concurrency` closed-loop clients (each sends its next
+    call when the last one ended); wall-clock completion tokens/s."""
     queue = list(reversed(calls))
     done: list[Streamed] = []
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client() -> None:
         while queue:
-            done.append(await stream_chat(http, queue.pop(), max_tokens))
+            done.append(await send(queue.pop()))
 
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return RunResult(sum(r.completion_tokens for r in done) / elapsed, done)
+
+
+async def run_calls(
+    url: str, calls: Sequence[Call], concurrency: int, max_tokens: int
+) -> RunResult:
+    """Send `calls` to `url` as streamed chat completions with `concurrency` closed-loop
+    clients."""
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return RunResult(sum(r.completion_tokens for r in done) / elapsed, done)
+        return await closed_loop(
+            calls, concurrency, lambda call: stream_chat(http, call, max_tokens)
+        )
 
 
 def wait_ready(url: str, path: str, timeout_s: float, alive: Callable[[], bool]) -> None:
