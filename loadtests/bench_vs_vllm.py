@@ -11,6 +11,9 @@ tokens/s and the time to the first streamed token (p50, p95) are compared over a
 hotswap's fast CPU LoRA ops are a vLLM general plugin registered by this package, so they
 load inside `vllm serve` too unless `HOTSWAP_FAST_CPU_LORA=0`: `--vllm-lora-ops stock` (the
 default) runs vLLM with its own ops, `hotswap` with hotswap's, `both` runs two vLLM servers.
+With hotswap's ops vLLM also gets hotswap's choice of CPU cores for the model (all of them
+on up to 4 cores: `server.engine.default_reserved_cpu_cores`), so that the comparison is of
+the server layer alone; with its own ops it keeps its own (one core left to its scheduler).
 
     .venv/bin/python loadtests/bench_vs_vllm.py                       # a few minutes
     .venv/bin/python loadtests/bench_vs_vllm.py --vllm-lora-ops both --long
@@ -45,6 +48,7 @@ from loadtests.workload import (  # noqa: E402
     wait_ready,
 )
 from server.base_model import prepare_default_base_model  # noqa: E402
+from server.engine import RESERVED_CPU_VAR, default_reserved_cpu_cores  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.support.server import free_port, start_server, stop_process  # noqa: E402
 
@@ -93,6 +97,9 @@ def start_vllm(base: Path, name: str, adapters: list[Path], log: Path, fast_ops:
         "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB,
         "HOTSWAP_FAST_CPU_LORA": "1" if fast_ops else "0",
     }
+    reserved = default_reserved_cpu_cores()
+    if fast_ops and reserved is not None:  # the same ops on the same cores: the server layer
+        env.setdefault(RESERVED_CPU_VAR, str(reserved))
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -106,8 +113,15 @@ def start_vllm(base: Path, name: str, adapters: list[Path], log: Path, fast_ops:
     return Served(label, url, process)
 
 
-def start_hotswap(base: Path, adapters: list[Path], tmp: Path) -> Served:
-    (tmp / "home").mkdir()
+def start_hotswap(
+    base: Path,
+    adapters: list[Path],
+    tmp: Path,
+    label: str = "hotswap",
+    env: dict[str, str] | None = None,
+) -> Served:
+    """`hotswap serve` with the same engine settings as `start_vllm`, its home under `tmp`."""
+    (tmp / "home").mkdir(parents=True)
     running = start_server(
         tmp / "hotswap.log",
         home=tmp / "home",
@@ -117,9 +131,10 @@ def start_hotswap(base: Path, adapters: list[Path], tmp: Path) -> Served:
             "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB,
             **{f"HOTSWAP_{key.upper()}": str(value) for key, value in ENGINE.items()},
             "HOTSWAP_MAX_CPU_LORAS": "32",
+            **(env or {}),
         },
     )
-    return Served("hotswap", running.url, running.process)
+    return Served(label, running.url, running.process)
 
 
 def base_name(url: str) -> str:

@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from server.auth import Role
 from server.structured.limits import SchemaLimits
 
+FEW_CORES = 4
+"""Up to this many CPU cores, the engine keeps none from the model's threads by default
+(`cpu_reserved_cores`)."""
+
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 StructuredBackend = Literal["outlines", "xgrammar", "guidance"]
 
@@ -161,6 +165,14 @@ class Settings(BaseSettings):
     )
     fast_cpu_lora: bool = Field(
         default=True, description="Use hotswap's segment-grouped LoRA kernels on CPU."
+    )
+    cpu_reserved_cores: int | None = Field(
+        default=None,
+        ge=0,
+        description="CPU cores vLLM's worker leaves to the other processes (its scheduler, the "
+        "API) instead of running the model's threads on them (VLLM_CPU_NUM_OF_RESERVED_CPU); "
+        f"unset: none on a machine of up to {FEW_CORES} cores, where one is a large share of "
+        "the compute, unless VLLM_CPU_NUM_OF_RESERVED_CPU is set; else vLLM's own (one).",
     )
     drift_window_size: int = Field(
         default=200, ge=10, description="Labelled responses per adapter in the drift window."

@@ -1,0 +1,57 @@
+"""What the engine's spawned processes read from the environment (`Engine` exports it before
+the engine starts): here, the CPU cores vLLM's worker leaves to the other processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from server.base_model import BaseModel
+from server.engine import Engine
+from server.settings import Settings
+
+RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+EXPORTED = (
+    RESERVED,
+    "VLLM_CPU_KVCACHE_SPACE",
+    "HOTSWAP_FAST_CPU_LORA",
+    "HOTSWAP_GRAMMAR_CACHE_MB",
+    "VLLM_REGEX_COMPILATION_TIMEOUT_S",
+)
+BASE = BaseModel(name="base", path=Path("unused"), fingerprint="unused")
+
+
+def _export(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, configured: int | None, inherited: str | None
+) -> str | None:
+    for name in EXPORTED:  # put back as they were after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    if inherited is not None:
+        monkeypatch.setenv(RESERVED, inherited)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    Engine(Settings(cpu_reserved_cores=configured), BASE)._export_engine_environment()
+    return os.environ.get(RESERVED)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "configured", "inherited", "exported"),
+    [
+        (2, None, None, "0"),  # few cores: the model gets them all
+        (4, None, None, "0"),
+        (16, None, None, None),  # many: vLLM's own reservation
+        (2, None, "1", "1"),  # vLLM's own variable, set by the operator, wins over the default
+        (2, 1, "0", "1"),  # hotswap's setting, set, wins over everything
+        (16, 2, None, "2"),
+    ],
+)
+def test_the_reserved_cores_follow_the_setting_else_the_machine(
+    monkeypatch: pytest.MonkeyPatch,
+    cpus: int,
+    configured: int | None,
+    inherited: str | None,
+    exported: str | None,
+) -> None:
+    assert _export(monkeypatch, cpus, configured, inherited) == exported
