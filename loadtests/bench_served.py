@@ -19,7 +19,7 @@ and prints where the API process spends its CPU, by layer and by function.
 
     .venv/bin/python loadtests/bench_served.py                  # about 8 minutes
     .venv/bin/python loadtests/bench_served.py --profile /tmp/api.txt \
-        --also "all cores:VLLM_CPU_NUM_OF_RESERVED_CPU=0"
+        --also "one core kept:HOTSWAP_CPU_RESERVED_CORES=1"
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
@@ -380,7 +380,7 @@ def main() -> None:
         default=[],
         metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
         help="one more hotswap server, with these environment variables, measured beside the "
-        'others; e.g. "vLLM\'s busy-wait:HOTSWAP_ENGINE_IPC_SPIN_MS=1000"',
+        'others; e.g. "one core kept:HOTSWAP_CPU_RESERVED_CORES=1"',
     )
     args = parser.parse_args()
     base = prepare_default_base_model(Settings().home)
@@ -388,27 +388,27 @@ def main() -> None:
         tmp = Path(tmp_dir)
         adapters = make_adapters(base, tmp, args.adapters, 8, ["q_proj", "v_proj"])
         kinds = {SERVED: {}, **dict(map(server_variant, args.also))}
-        servers: dict[str, Served] = {}
-        with ThreadPoolExecutor() as pool:  # started side by side: minutes each on 2 cores
-            serving = {
-                label: pool.submit(start_hotswap, base, adapters, tmp / str(i), label, env)
-                for i, (label, env) in enumerate(kinds.items())
-            }
-            engine, loras = start_in_process(base, adapters)
-            for label, future in serving.items():
-                if future.exception() is None:
-                    servers[label] = future.result()
+        serving: dict[str, Future[Served]] = {}
+        engine: Engine | None = None
         try:
-            for future in serving.values():
-                future.result()  # raises the first start-up failure
+            with ThreadPoolExecutor() as pool:  # started side by side: minutes each on 2 cores
+                serving = {
+                    label: pool.submit(start_hotswap, base, adapters, tmp / str(i), label, env)
+                    for i, (label, env) in enumerate(kinds.items())
+                }
+                engine, loras = start_in_process(base, adapters)
+            # every start has ended here; the first that failed raises
+            servers = {label: future.result() for label, future in serving.items()}
             name = base_name(servers[SERVED].url)
             calls = request_mix([name, *(p.name for p in adapters)], load_prompts(), args.requests)
             targets: dict[str, LoraTarget | None] = {name: None, **loras}
             rounds = asyncio.run(measure(servers, engine, targets, calls, args))
         finally:
-            for server in servers.values():
-                stop_process(server.process, 60)
-            engine.shutdown()
+            for future in serving.values():
+                if future.exception() is None:
+                    stop_process(future.result().process, 60)
+            if engine is not None:
+                engine.shutdown()
     print(
         f"\n{args.rounds} rounds x {args.requests} streamed requests, {args.concurrency} "
         f"concurrent, {args.max_tokens} tokens max, greedy; base + {args.adapters} LoRAs "

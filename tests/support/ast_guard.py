@@ -4,8 +4,9 @@ CPython 3.11 keeps the AST converter's recursion counter in interpreter-wide sta
 (`PyAST_mod2obj` in Python/Python-ast.c): when a garbage collection inside one thread's parse
 runs Python code, another thread may parse meanwhile, and the first ends with
 `SystemError: AST constructor recursion depth mismatch`. Hypothesis parses thousands of times
-in a fuzz run (its filter and lambda reflection) while other threads of the suite format
-tracebacks, which parses too; CI met the error there. A lock around `ast.parse` closes it.
+in a fuzz run (its filter and lambda reflection), and CI met the error there; which other
+thread parsed meanwhile is not known (formatting a traceback parses, for one). A lock around
+`ast.parse` closes the race whoever the other party is.
 """
 
 from __future__ import annotations
