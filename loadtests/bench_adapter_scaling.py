@@ -1,13 +1,14 @@
 """Throughput retention as the number of distinct adapters in the mix grows: 1, 2, 4, ... up
 to `--adapters` (16).
 
-One `hotswap serve` on loopback (bf16, `max_loras` = `--adapters` by default, so that every
-adapter of the mix can share a batch; a smaller `--max-loras` makes the engine's slots churn
-as adapters rotate), PEFT LoRAs (rank 8 on q/v; `--rank`, `--targets`). Every run sends the
-same streamed chat requests (same prompts, greedy), spread round-robin over k adapters; a
-base-model run comes before each mix and after the last, and each mix is compared with the
-mean of the two base runs around it (so slow drift of a shared machine cancels). Prints the
-table and writes a plot (`--plot`, default `docs/img/adapter_scaling.png`).
+One `hotswap serve` on loopback (the CPU's default dtype, `adapters.cpu_dtype`; `max_loras` =
+`--adapters` by default, so that every adapter of the mix can share a batch; a smaller
+`--max-loras` makes the engine's slots churn as adapters rotate), PEFT LoRAs (rank 8 on q/v;
+`--rank`, `--targets`). Every run sends the same streamed chat requests (same prompts,
+greedy), spread round-robin over k adapters; a base-model run comes before each mix and after
+the last, and each mix is compared with the mean of the two base runs around it (so slow
+drift of a shared machine cancels). Prints the table and writes a plot (`--plot`, default
+`docs/img/adapter_scaling.png`).
 
     .venv/bin/python loadtests/bench_adapter_scaling.py          # a few minutes
     .venv/bin/python loadtests/bench_adapter_scaling.py --long   # more requests, 2 passes
@@ -22,11 +23,13 @@ import asyncio
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapters.cpu_dtype import default_cpu_dtype  # noqa: E402
 from loadtests.bench_engine import ALL_LINEAR, make_adapters  # noqa: E402
 from loadtests.bench_vs_vllm import base_name  # noqa: E402
 from loadtests.workload import load_prompts, request_mix, run_calls  # noqa: E402
@@ -35,33 +38,53 @@ from server.settings import Settings  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 
 PLOT = ROOT / "docs" / "img" / "adapter_scaling.png"
+DTYPE = default_cpu_dtype()
+
+
+@dataclass
+class Retention:
+    """Per mix, per pass: the mix's tokens/s ÷ the mean of the base runs before and after it,
+    and for mixes wider than the slots ÷ a base run right after it with at most `max_loras`
+    requests at once (`slot_bound`): one step holds at most `max_loras` adapters, so a mix of
+    one request per adapter batches no more rows than that whatever the concurrency, and the
+    second ratio is what the adapters themselves cost, slot changes included."""
+
+    base: dict[int, list[float]]
+    slot_bound: dict[int, list[float]]
 
 
 async def measure(
-    url: str, base: str, adapters: list[str], args: argparse.Namespace
-) -> dict[int, list[float]]:
-    """Retention (mix tokens/s ÷ mean of the base runs before and after) per mix, per pass."""
+    url: str, base: str, adapters: list[str], max_loras: int, args: argparse.Namespace
+) -> Retention:
     prompts = load_prompts()
 
-    async def rate(models: list[str]) -> float:
+    async def rate(models: list[str], concurrency: int = args.concurrency) -> float:
         calls = request_mix(models, prompts, args.requests)
-        result = await run_calls(url, calls, args.concurrency, args.max_tokens)
+        result = await run_calls(url, calls, concurrency, args.max_tokens)
         return result.tokens_per_s
 
     await run_calls(url, request_mix(adapters, prompts, len(adapters)), 8, 4)  # load all
     mixes = mix_sizes(len(adapters))
-    retention: dict[int, list[float]] = {k: [] for k in mixes}
+    retention = Retention({k: [] for k in mixes}, {})
+    bound_concurrency = min(max_loras, args.concurrency)
     for _ in range(args.passes):
         before = await rate([base])
         for k in mixes:
             mixed = await rate(adapters[:k])
             after = await rate([base])
-            retention[k].append(mixed / ((before + after) / 2))
-            print(
+            retention.base[k].append(mixed / ((before + after) / 2))
+            line = (
                 f"{k:2d} adapters: {mixed:7.1f} tok/s, base around it {before:7.1f} / "
-                f"{after:7.1f}: retention {retention[k][-1]:.2f}",
-                flush=True,
+                f"{after:7.1f}: retention {retention.base[k][-1]:.2f}"
             )
+            if k > max_loras and bound_concurrency < args.concurrency:
+                bound = await rate([base], bound_concurrency)
+                retention.slot_bound.setdefault(k, []).append(mixed / bound)
+                line += (
+                    f"; base at {bound_concurrency} concurrent {bound:7.1f}: "
+                    f"{retention.slot_bound[k][-1]:.2f}"
+                )
+            print(line, flush=True)
             before = after
     return retention
 
@@ -119,7 +142,7 @@ def main() -> None:
             tmp / "server.log",
             home=tmp / "home",
             base_model=base,
-            args=["--dtype", "bfloat16", *(f"--adapter={p.name}={p}" for p in adapters)],
+            args=["--dtype", DTYPE, *(f"--adapter={p.name}={p}" for p in adapters)],
             env={
                 "HOTSWAP_MAX_LORAS": str(max_loras),
                 "HOTSWAP_MAX_LORA_RANK": str(max(16, args.rank)),
@@ -128,19 +151,24 @@ def main() -> None:
         )
         try:
             names = [p.name for p in adapters]
-            retention = asyncio.run(measure(server.url, base_name(server.url), names, args))
+            retention = asyncio.run(
+                measure(server.url, base_name(server.url), names, max_loras, args)
+            )
         finally:
             server.stop()
-    medians = {k: statistics.median(values) for k, values in retention.items()}
+    medians = {k: statistics.median(values) for k, values in retention.base.items()}
+    bounded = {k: statistics.median(values) for k, values in retention.slot_bound.items()}
     title = (
         f"{args.requests} streamed requests x {args.max_tokens} tokens, {args.concurrency} "
         f"concurrent; LoRA rank {args.rank} on {'all linear' if args.targets == 'all' else 'q/v'}"
-        f", {max_loras} slots, bf16, CPU"
+        f", {max_loras} slots, {DTYPE}, CPU"
     )
     print(f"\n{title}")
-    print(f"{'adapters':>9} {'x base':>7}")
+    slot_column = f"x base at {min(max_loras, args.concurrency)} concurrent"
+    print(f"{'adapters':>9} {'x base':>7} {slot_column:>27}")
     for k, value in medians.items():
-        print(f"{k:9d} {value:7.2f}")
+        bound = f"{bounded[k]:27.2f}" if k in bounded else f"{'-':>27}"
+        print(f"{k:9d} {value:7.2f} {bound}")
     plot(medians, title, args.plot)
     print(f"plot: {args.plot}")
 

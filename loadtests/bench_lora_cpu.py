@@ -168,6 +168,8 @@ def run_engine(
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
+    from adapters.cpu_dtype import default_cpu_dtype
+
     adapters = ensure_adapters(base_model)
     lora_kwargs: dict[str, object] = (
         {"enable_lora": True, "max_loras": MAX_LORAS, "max_lora_rank": 16}
@@ -176,7 +178,7 @@ def run_engine(
     )
     llm = LLM(
         model=str(base_model),
-        dtype="bfloat16",
+        dtype=default_cpu_dtype(),
         max_model_len=1024,
         max_num_seqs=max(size.requests, 8),
         max_num_batched_tokens=MAX_BATCHED_TOKENS,
@@ -343,6 +345,7 @@ def main() -> None:
         child_main(args)
         return
 
+    from adapters.cpu_dtype import default_cpu_dtype
     from server.base_model import prepare_default_base_model
 
     size = Size(
@@ -354,8 +357,9 @@ def main() -> None:
     ensure_adapters(base_model)
     wanted = set(args.engines.split(","))
     print(
-        f"{size.requests} requests x {size.max_tokens} new tokens, greedy, ignore_eos; bf16; "
-        f"max_loras={MAX_LORAS}; max_num_batched_tokens={MAX_BATCHED_TOKENS}; "
+        f"{size.requests} requests x {size.max_tokens} new tokens, greedy, ignore_eos; "
+        f"{default_cpu_dtype()}; max_loras={MAX_LORAS}; "
+        f"max_num_batched_tokens={MAX_BATCHED_TOKENS}; "
         f"workloads cut after {size.max_seconds:.0f} s; OMP threads bound to "
         f"{args.omp_bind or 'all cores (vLLM default)'}; engine core "
         f"{'in this process' if args.in_process else 'in its own process (vLLM default)'}",

@@ -3,10 +3,10 @@
 The naive path is what a user writes first: one `PeftModel` with 8 LoRAs loaded, and for each
 adapter `set_adapter(name)` then one `generate` over that adapter's requests (left-padded
 batch, greedy). hotswap gets the same requests (same chat messages, same adapters, greedy,
-bf16 both) through a `hotswap serve` on loopback, all sent at once as streamed chat
-completions: the engine batches the 8 adapters together. Runs alternate (naive, hotswap,
-naive, hotswap ...); completion tokens/s, counted up to and including the end-of-sequence
-token, and the ratio.
+both in the CPU's default dtype, `adapters.cpu_dtype`) through a `hotswap serve` on loopback,
+all sent at once as streamed chat completions: the engine batches the 8 adapters together.
+Runs alternate (naive, hotswap, naive, hotswap ...); completion tokens/s, counted up to and
+including the end-of-sequence token, and the ratio.
 
     .venv/bin/python loadtests/bench_naive_peft.py           # a few minutes
     .venv/bin/python loadtests/bench_naive_peft.py --long
@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapters.cpu_dtype import default_cpu_dtype  # noqa: E402
 from loadtests.bench_engine import make_adapters  # noqa: E402
 from loadtests.workload import (  # noqa: E402
     REPLY_INSTRUCTION,
@@ -40,6 +41,7 @@ from server.settings import Settings  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 
 ADAPTERS = 8
+DTYPE = default_cpu_dtype()
 
 
 class NaivePeft:
@@ -54,7 +56,7 @@ class NaivePeft:
         self.tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, DTYPE))
         self.model: Any = PeftModel.from_pretrained(
             model, adapters[0], adapter_name=adapters[0].name
         )
@@ -109,7 +111,7 @@ def main() -> None:
             tmp / "server.log",
             home=tmp / "home",
             base_model=base,
-            args=["--dtype", "bfloat16", *(f"--adapter={p.name}={p}" for p in adapters)],
+            args=["--dtype", DTYPE, *(f"--adapter={p.name}={p}" for p in adapters)],
         )
         try:
             naive = NaivePeft(base, adapters)
@@ -129,7 +131,7 @@ def main() -> None:
             server.stop()
     print(
         f"\n{args.requests} requests ({args.requests // ADAPTERS} per adapter) x {args.max_tokens} "
-        f"tokens max, greedy, bf16; {ADAPTERS} LoRAs rank 8 on q/v; median of {args.rounds} runs"
+        f"tokens max, greedy, {DTYPE}; {ADAPTERS} LoRAs rank 8 on q/v; median of {args.rounds} runs"
     )
     naive_rate = statistics.median(rates["transformers+PEFT"])
     for label, values in rates.items():

@@ -46,6 +46,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapters.cpu_dtype import default_cpu_dtype  # noqa: E402
 from loadtests.bench_engine import make_adapters  # noqa: E402
 from loadtests.bench_swap import percentile  # noqa: E402
 from loadtests.bench_vs_vllm import ENGINE, KV_CACHE_GIB, Served, base_name, start_hotswap  # noqa: E402
@@ -200,7 +201,8 @@ async def timed(processes: Processes, run: Callable[[], Awaitable[RunResult]]) -
 
 def start_in_process(base: Path, adapters: list[Path]) -> tuple[Engine, dict[str, LoraTarget]]:
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = KV_CACHE_GIB
-    settings = Settings.model_validate({"dtype": "bfloat16", "max_cpu_loras": 32, **ENGINE})
+    fields = {"dtype": default_cpu_dtype(), "max_cpu_loras": 32, **ENGINE}
+    settings = Settings.model_validate(fields)
     engine = Engine(settings, resolve_base_model(str(base), settings.home))
     engine.start_blocking()
     loras = {p.name: LoraTarget(p.name, i + 1, p) for i, p in enumerate(adapters)}

@@ -37,6 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapters.cpu_dtype import default_cpu_dtype  # noqa: E402
 from loadtests.bench_engine import make_adapters  # noqa: E402
 from loadtests.bench_swap import percentile  # noqa: E402
 from loadtests.workload import (  # noqa: E402
@@ -83,7 +84,7 @@ def start_vllm(base: Path, name: str, adapters: list[Path], log: Path, fast_ops:
         "--port",
         str(port),
         "--dtype",
-        "bfloat16",
+        default_cpu_dtype(),
         "--seed",
         "0",
         "--enable-lora",
@@ -126,9 +127,10 @@ def start_hotswap(
         tmp / "hotswap.log",
         home=tmp / "home",
         base_model=base,
-        args=["--dtype", "bfloat16", *(f"--adapter={p.name}={p}" for p in adapters)],
+        args=[f"--adapter={p.name}={p}" for p in adapters],
         env={
             "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB,
+            "HOTSWAP_DTYPE": default_cpu_dtype(),
             **{f"HOTSWAP_{key.upper()}": str(value) for key, value in ENGINE.items()},
             "HOTSWAP_MAX_CPU_LORAS": "32",
             **(env or {}),

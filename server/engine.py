@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import jinja2
 
+from adapters.cpu_dtype import default_cpu_dtype
 from server.base_model import BaseModel
 from server.errors import EngineUnavailable, InvalidRequest
 from server.metrics.instruments import ADAPTER_COLD_LOADS
@@ -142,10 +143,11 @@ def default_reserved_cpu_cores() -> int | None:
 
 
 def resolve_dtype(settings: Settings, on_cuda: bool) -> str:
-    """`auto` means bfloat16 on CPU (fast there) and the model's own dtype on GPU."""
+    """`auto` means the model's own dtype on GPU, and on CPU bfloat16 where the CPU multiplies
+    it natively, else float32 (`adapters.cpu_dtype`)."""
     if settings.dtype != "auto":
         return settings.dtype
-    return "auto" if on_cuda else "bfloat16"
+    return "auto" if on_cuda else default_cpu_dtype()
 
 
 class Engine:

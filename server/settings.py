@@ -63,7 +63,11 @@ class Settings(BaseSettings):
         "of prompts); each counts against `max_queued_requests`.",
     )
     dtype: Dtype = Field(
-        default="auto", description="Weights dtype; `auto` is bfloat16 on CPU, the model's on GPU."
+        default="auto",
+        description=(
+            "Weights dtype; `auto` is the model's on GPU and on CPU bfloat16 where the CPU has"
+            " bfloat16 instructions, else float32 (`adapters.cpu_dtype`)."
+        ),
     )
     max_model_len: int = Field(default=2048, ge=64, description="Context length, in tokens.")
     max_loras: int = Field(default=8, ge=1, description="Adapters batched together at once.")

@@ -1,5 +1,6 @@
 """The README's examples print what a new user sees: each runs against a server with the
-default settings (no `--dtype`: bfloat16 on CPU) and must give the output the README shows."""
+default settings (no `--dtype`: the CPU's default, `adapters.cpu_dtype`) and must give the
+output the README shows."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from adapters.cpu_dtype import default_cpu_dtype
 from tests.support.server import RunningServer, start_server
 
 pytestmark = pytest.mark.engine
@@ -58,3 +60,15 @@ def test_the_python_example_prints_what_the_readme_shows(default_server: Running
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), {})
     assert printed.getvalue().strip() == shown
+
+
+@pytest.mark.cpu_only
+def test_the_default_server_runs_the_dtype_this_cpu_multiplies_fast(
+    default_server: RunningServer,
+) -> None:
+    """`auto` on CPU: bfloat16 only where the CPU has bfloat16 instructions, else float32
+    (`adapters.cpu_dtype`); vLLM logs the dtype its engine was built with."""
+    built = set(
+        re.findall(r"[ ,(]dtype=torch\.(\w+)", default_server.log.read_text(errors="replace"))
+    )
+    assert built == {default_cpu_dtype()}, default_server.log_tail()

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from adapters.cpu_dtype import default_cpu_dtype
 from adapters.document_budget import BudgetError, document_budget
 from adapters.json_grammar import structured_outputs_kwargs
 from adapters.label_sets import LabelSetGrammar, LabelSetSearch, RoundSearch, label_set_field
@@ -142,7 +143,7 @@ class EvalReport(BaseModel):
 
 
 class Engine:
-    """A `vllm.LLM` configured like the server (bf16, LoRA rank <= 16, `outlines`)."""
+    """A `vllm.LLM` configured like the server (its default dtype, LoRA rank <= 16, `outlines`)."""
 
     def __init__(
         self, base_dir: Path, *, max_lora_rank: int = 16, backend: str = "outlines", seed: int = 0
@@ -154,6 +155,7 @@ class Engine:
         os.environ.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", "60")
         from transformers import AutoTokenizer
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.base_dir = base_dir
         self.backend = backend
@@ -163,7 +165,7 @@ class Engine:
             enable_lora=True,
             max_lora_rank=max_lora_rank,
             max_loras=2,
-            dtype="bfloat16",
+            dtype=default_cpu_dtype() if current_platform.is_cpu() else "auto",
             structured_outputs_config={"backend": backend},
             max_model_len=EVAL_CONTEXT,
             seed=seed,
