@@ -37,3 +37,11 @@ def default_cpu_dtype() -> CpuDtype:
     """bfloat16 where the CPU multiplies it natively (half the memory and bytes per token),
     float32 elsewhere."""
     return "bfloat16" if native_bf16_matmul() else "float32"
+
+
+def engine_dtype(requested: str, on_cpu: bool) -> str:
+    """The dtype to give vLLM: `requested` unless it is `auto`; `auto` means
+    `default_cpu_dtype()` on CPU and the model's own dtype (vLLM's `auto`) elsewhere."""
+    if requested != "auto":
+        return requested
+    return default_cpu_dtype() if on_cpu else "auto"

@@ -3,10 +3,14 @@
 Runs hotswap's own engine wrapper (the code the server uses), same prompts for every mix,
 and prints tokens/s and the ratio to the base model measured in the same run. With
 `--fast-cpu-lora both` it repeats the whole table with hotswap's CPU LoRA kernels off and
-on, each in a fresh engine.
+on, each in a fresh engine. With `--rounds N` every mix runs N times, interleaved (each round
+in another order), and the table gives each mix's median ratio to the base of the same round
+and the spread over the rounds.
 
     .venv/bin/python loadtests/bench_engine.py                 # a few minutes
     .venv/bin/python loadtests/bench_engine.py --long          # more requests and tokens
+    .venv/bin/python loadtests/bench_engine.py --fast-cpu-lora on --rank 16 --targets all \
+        --rounds 3 --mixes 0 8                                 # one goal, three rounds
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import statistics
 import sys
 import tempfile
 import time
@@ -66,23 +71,37 @@ async def measure(
     return sum(produced) / (time.perf_counter() - started)
 
 
+def round_order(mixes: list[int], round_index: int) -> list[int]:
+    """The mixes of one round, rotated by the round's index so that no mix always runs first
+    (or right after the same neighbour)."""
+    shift = round_index % len(mixes)
+    return mixes[shift:] + mixes[:shift]
+
+
 async def measure_all(
-    engine: Engine, adapters: list[Path], requests: int, tokens: int
-) -> dict[int, float]:
-    """Every mix in one event loop (the engine's output handler lives in it)."""
-    return {mix: await measure(engine, adapters, mix, requests, tokens) for mix in MIXES}
+    engine: Engine, adapters: list[Path], args: argparse.Namespace
+) -> list[dict[int, float]]:
+    """Every mix of every round in one event loop (the engine's output handler lives in it)."""
+    rounds = []
+    for index in range(args.rounds):
+        rates = {}
+        for mix in round_order(args.mixes, index):
+            rates[mix] = await measure(engine, adapters, mix, args.requests, args.tokens)
+        rounds.append(rates)
+    return rounds
 
 
 def run_table(fast_cpu_lora: bool, args: argparse.Namespace, queue: multiprocessing.Queue) -> None:
+    """One engine with the fast CPU LoRA ops on or off; puts every round's rates in `queue`."""
     settings = Settings(fast_cpu_lora=fast_cpu_lora, max_loras=8, max_lora_rank=args.rank)
     base = resolve_base_model(settings.base_model, settings.home)
     with tempfile.TemporaryDirectory() as tmp:
         targets = ALL_LINEAR if args.targets == "all" else ["q_proj", "v_proj"]
-        adapters = make_adapters(base.path, Path(tmp), max(MIXES), args.rank, targets)
+        adapters = make_adapters(base.path, Path(tmp), max(args.mixes), args.rank, targets)
         engine = Engine(settings, base)
         engine.start_blocking()
         try:
-            results = asyncio.run(measure_all(engine, adapters, args.requests, args.tokens))
+            results = asyncio.run(measure_all(engine, adapters, args))
         finally:
             engine.shutdown()
     queue.put(results)
@@ -96,12 +115,24 @@ def main() -> None:
     parser.add_argument("--targets", choices=["qv", "all"], default="qv")
     parser.add_argument("--fast-cpu-lora", choices=["on", "off", "both"], default="both")
     parser.add_argument("--long", action="store_true", help="128 requests of 128 tokens")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every mix")
+    parser.add_argument(
+        "--mixes",
+        type=int,
+        nargs="+",
+        choices=MIXES,
+        default=list(MIXES),
+        help="adapter counts to run (0: the base model, always run)",
+    )
     args = parser.parse_args()
     if args.long:
         args.requests, args.tokens = 128, 128
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    args.mixes = sorted(set(args.mixes) | {0})
     settings_to_run = {"on": [True], "off": [False], "both": [False, True]}[args.fast_cpu_lora]
     context = multiprocessing.get_context("spawn")
-    tables: dict[str, dict[int, float]] = {}
+    tables: dict[str, list[dict[int, float]]] = {}
     for fast in settings_to_run:
         queue: multiprocessing.Queue = context.Queue()
         process = context.Process(target=run_table, args=(fast, args, queue))
@@ -110,12 +141,17 @@ def main() -> None:
         process.join()
     print(
         f"\n{args.requests} requests x {args.tokens} tokens, greedy; adapters rank {args.rank} "
-        f"on {args.targets}"
+        f"on {args.targets}; {args.rounds} interleaved round(s), median [min-max]"
     )
-    print(f"{'fast CPU LoRA':>14} {'adapters':>9} {'tokens/s':>10} {'x base':>7}")
-    for label, table in tables.items():
-        for mix, rate in table.items():
-            print(f"{label:>14} {mix or 'base':>9} {rate:10.1f} {rate / table[0]:7.2f}")
+    print(f"{'fast CPU LoRA':>14} {'adapters':>9} {'tokens/s':>10} {'x base':>7} {'spread':>11}")
+    for label, rounds in tables.items():
+        for mix in args.mixes:
+            rates = [r[mix] for r in rounds]
+            ratios = [r[mix] / r[0] for r in rounds]
+            print(
+                f"{label:>14} {mix or 'base':>9} {statistics.median(rates):10.1f} "
+                f"{statistics.median(ratios):7.2f} {min(ratios):5.2f}-{max(ratios):.2f}"
+            )
     print(json.dumps(tables))
 
 

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import jinja2
 
-from adapters.cpu_dtype import default_cpu_dtype
+from adapters.cpu_compile_cache import export_cpu_compile_cache
+from adapters.cpu_dtype import engine_dtype
 from server.base_model import BaseModel
 from server.errors import EngineUnavailable, InvalidRequest
 from server.metrics.instruments import ADAPTER_COLD_LOADS
@@ -145,9 +146,7 @@ def default_reserved_cpu_cores() -> int | None:
 def resolve_dtype(settings: Settings, on_cuda: bool) -> str:
     """`auto` means the model's own dtype on GPU, and on CPU bfloat16 where the CPU multiplies
     it natively, else float32 (`adapters.cpu_dtype`)."""
-    if settings.dtype != "auto":
-        return settings.dtype
-    return "auto" if on_cuda else default_cpu_dtype()
+    return engine_dtype(settings.dtype, on_cpu=not on_cuda)
 
 
 class Engine:
@@ -246,6 +245,9 @@ class Engine:
 
     def _export_engine_environment(self) -> None:
         """Settings the engine core process reads from its environment (it is spawned)."""
+        from vllm.platforms import current_platform
+
+        export_cpu_compile_cache(on_cpu=current_platform.is_cpu())
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_space_gib))
         reserved = self._settings.cpu_reserved_cores
         if reserved is not None:

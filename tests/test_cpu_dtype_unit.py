@@ -46,6 +46,7 @@ def test_auto_on_cpu_is_bfloat16_only_with_native_bfloat16(
     cpu(machine, avx512_bf16, amx)
     assert cpu_dtype.default_cpu_dtype() == expected
     assert resolve_dtype(Settings(dtype="auto"), on_cuda=False) == expected
+    assert cpu_dtype.engine_dtype("auto", on_cpu=True) == expected  # training's evaluation
 
 
 def test_an_explicit_dtype_wins_and_gpus_keep_the_models_own(cpu: SetCpu) -> None:
@@ -53,3 +54,4 @@ def test_an_explicit_dtype_wins_and_gpus_keep_the_models_own(cpu: SetCpu) -> Non
     assert resolve_dtype(Settings(dtype="bfloat16"), on_cuda=False) == "bfloat16"
     assert resolve_dtype(Settings(dtype="float32"), on_cuda=True) == "float32"
     assert resolve_dtype(Settings(dtype="auto"), on_cuda=True) == "auto"
+    assert cpu_dtype.engine_dtype("auto", on_cpu=False) == "auto"

@@ -1,5 +1,6 @@
 """What the engine's spawned processes read from the environment (`Engine` exports it before
-the engine starts): here, the CPU cores vLLM's worker leaves to the other processes."""
+the engine starts): the CPU cores vLLM's worker leaves to the other processes, and the compile
+cache a CPU engine uses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.cpu_compile_cache import AOT_COMPILE_VAR, export_cpu_compile_cache
 from server.base_model import BaseModel
 from server.engine import Engine
 from server.settings import Settings
@@ -19,6 +21,7 @@ EXPORTED = (
     "HOTSWAP_FAST_CPU_LORA",
     "HOTSWAP_GRAMMAR_CACHE_MB",
     "VLLM_REGEX_COMPILATION_TIMEOUT_S",
+    AOT_COMPILE_VAR,
 )
 BASE = BaseModel(name="base", path=Path("unused"), fingerprint="unused")
 
@@ -55,3 +58,30 @@ def test_the_reserved_cores_follow_the_setting_else_the_machine(
     exported: str | None,
 ) -> None:
     assert _export(monkeypatch, cpus, configured, inherited) == exported
+
+
+@pytest.mark.parametrize(
+    ("on_cpu", "inherited", "exported"),
+    [
+        (True, None, "0"),  # vLLM 0.32 cannot load its CPU AOT artifact: torch's caches instead
+        (True, "1", "1"),  # the operator's choice wins
+        (False, None, None),  # GPUs compile with vLLM's backend, whose artifacts load
+    ],
+)
+def test_a_cpu_engine_uses_torchs_compile_caches_not_vllms_aot_artifact(
+    monkeypatch: pytest.MonkeyPatch, on_cpu: bool, inherited: str | None, exported: str | None
+) -> None:
+    monkeypatch.delenv(AOT_COMPILE_VAR, raising=False)
+    if inherited is not None:
+        monkeypatch.setenv(AOT_COMPILE_VAR, inherited)
+    export_cpu_compile_cache(on_cpu)
+    assert os.environ.get(AOT_COMPILE_VAR) == exported
+
+
+def test_the_engine_exports_the_compile_cache_setting_on_this_platform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vllm.platforms import current_platform
+
+    _export(monkeypatch, cpus=2, configured=None, inherited=None)
+    assert os.environ.get(AOT_COMPILE_VAR) == ("0" if current_platform.is_cpu() else None)

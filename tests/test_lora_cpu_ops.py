@@ -466,8 +466,10 @@ def test_no_weight_copy_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dense_form_is_chosen_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`auto` runs the dense form of a several-adapter batch while rows × its multiply-adds per
-    row stay within `DENSE_MAX_MACS`, the grouped products beyond, and never for one adapter."""
+    """`auto` runs the dense form of a several-adapter batch of a bfloat16 model while rows ×
+    its multiply-adds per row stay within `DENSE_MAX_MACS`, the grouped products beyond, never
+    for one adapter, and never for a float32 model (same weight bytes, `slots` times the
+    arithmetic)."""
     runs: list[int] = []
     original = dense.dense_linear
 
@@ -476,23 +478,33 @@ def test_dense_form_is_chosen_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> No
         return original(*args)
 
     monkeypatch.setattr(dense, "dense_linear", counted)
+    builds: list[torch.dtype] = []
+    original_build = dense.build_dense_linear
+
+    def counted_build(*args: Any) -> dense.DenseLinear | None:
+        builds.append(args[4])
+        return original_build(*args)
+
+    monkeypatch.setattr(dense, "build_dense_linear", counted_build)
     g = torch.Generator().manual_seed(17)
-    lora_a, lora_b = _stacks(g, torch.float32, HIDDEN, MERGED["qkv"])
-    form = _dense_form(lora_a, lora_b, (48, 16, 16), (0, 48, 64), torch.float32)
+    lora_a, lora_b = _stacks(g, torch.bfloat16, HIDDEN, MERGED["qkv"])
+    form = _dense_form(lora_a, lora_b, (48, 16, 16), (0, 48, 64), torch.bfloat16)
     assert form is not None and form.macs_per_row == SLOTS * RANK * (3 * HIDDEN + 48 + 16 + 16)
     rows = BATCHES["decode_mixed"]
-    for limit, name, expected in (
-        (len(rows) * form.macs_per_row * 10, "decode_mixed", 1),
-        (len(rows) * form.macs_per_row // 10, "decode_mixed", 0),
-        (1 << 40, "one_adapter", 0),
+    for limit, name, dtype, expected in (
+        (len(rows) * form.macs_per_row * 10, "decode_mixed", torch.bfloat16, 1),
+        (len(rows) * form.macs_per_row // 10, "decode_mixed", torch.bfloat16, 0),
+        (1 << 40, "one_adapter", torch.bfloat16, 0),
+        (1 << 40, "decode_mixed", torch.float32, 0),
     ):
         monkeypatch.setattr(ops, "DENSE_MAX_MACS", limit)
         runs.clear()
-        y = torch.zeros(len(BATCHES[name]), 80)
-        x = torch.randn(len(BATCHES[name]), HIDDEN, generator=g)
+        y = torch.zeros(len(BATCHES[name]), 80, dtype=dtype)
+        x = torch.randn(len(BATCHES[name]), HIDDEN, generator=g).to(dtype)
         plan = ops.plan_segments(torch.tensor(BATCHES[name]))
         ops.lora_linear(y, x, lora_a, lora_b, 1.0, (48, 16, 16), plan)
-        assert len(runs) == expected, (limit, name)
+        assert len(runs) == expected, (limit, name, dtype)
+    assert torch.float32 not in builds  # a float32 model never packs the dense form
 
 
 def _dense_form(

@@ -29,7 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from adapters.cpu_dtype import default_cpu_dtype
+from adapters.cpu_compile_cache import export_cpu_compile_cache
+from adapters.cpu_dtype import engine_dtype
 from adapters.document_budget import BudgetError, document_budget
 from adapters.json_grammar import structured_outputs_kwargs
 from adapters.label_sets import LabelSetGrammar, LabelSetSearch, RoundSearch, label_set_field
@@ -157,6 +158,7 @@ class Engine:
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        export_cpu_compile_cache(on_cpu=current_platform.is_cpu())
         self.base_dir = base_dir
         self.backend = backend
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -165,7 +167,7 @@ class Engine:
             enable_lora=True,
             max_lora_rank=max_lora_rank,
             max_loras=2,
-            dtype=default_cpu_dtype() if current_platform.is_cpu() else "auto",
+            dtype=engine_dtype("auto", on_cpu=current_platform.is_cpu()),
             structured_outputs_config={"backend": backend},
             max_model_len=EVAL_CONTEXT,
             seed=seed,

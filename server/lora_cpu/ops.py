@@ -20,8 +20,9 @@ rows are skipped. Two layouts, chosen per step by `plan_segments`:
 For a whole linear layer (`lora_linear`) with several adapters in the batch, a third form usually
 wins: the *dense* form of `server.lora_cpu.dense`, every row against every slot's weights in two
 large products, the other slots masked out. It costs `slots` times the arithmetic but runs it at
-the speed of the base model's own GEMMs; it is used for the layers where it stays within
-`DENSE_MAX_MACS` (every layer of a decode step, the narrow ones of prefill chunks).
+the speed of the base model's own GEMMs, on half the weight bytes where the model runs in
+bfloat16; it is used there for the layers where it stays within `DENSE_MAX_MACS` (every layer of
+a decode step, the narrow ones of prefill chunks). A float32 model keeps the grouped products.
 
 The products run in float32 on a float32 copy of the stacks kept by a `WeightCache`, transposed
 to the layout the products read (the A of merged layers side by side, so q, k and v share one
@@ -112,9 +113,22 @@ class SegmentPlan:
     slot_indices: torch.Tensor
     """`(num_rows,)`: the slot of every row, -1 for base rows."""
     dense_mode: bool | None
-    """Whether `lora_linear` runs the dense form: always (True), never (False), or for the
-    layers where it costs at most `DENSE_MAX_MACS` (None)."""
+    """Whether `lora_linear` runs the dense form: always (True), never (False), or for a
+    bfloat16 model's layers where it costs at most `DENSE_MAX_MACS` (None)."""
     _masks: dict[tuple[int, int, torch.dtype, float], torch.Tensor] = field(default_factory=dict)
+
+    def considers_dense(self, dtype: torch.dtype) -> bool:
+        """Whether the dense form may run this step for a model in `dtype` (its cost per layer
+        decides then, `uses_dense`); the form is only built where it may.
+
+        `auto` considers it only for a model dtype narrower than `COMPUTE_DTYPE` (bfloat16):
+        there it reads half the weight bytes of the grouped products' float32 copy, on the
+        CPU's bfloat16 instructions. In float32 both read the same bytes and the dense form
+        does `slots` times the arithmetic: on an AVX2 CPU it cost 1.6x the grouped products
+        for 8 adapters of rank 16 on all linear layers, 32 decode rows (`docs/lora_cpu.md`)."""
+        if self.dense_mode is None:
+            return dtype.itemsize < COMPUTE_DTYPE.itemsize
+        return self.dense_mode
 
     def uses_dense(self, form: dense.DenseLinear) -> bool:
         """Whether `lora_linear` runs the dense form `form` of a layer for this step."""
@@ -790,7 +804,7 @@ def lora_linear(
     active = layer.active(plan)
     if not active:
         return
-    form = layer.dense_form(x.dtype) if plan.dense_mode is not False else None
+    form = layer.dense_form(x.dtype) if plan.considers_dense(x.dtype) else None
     if form is not None and plan.uses_dense(form):
         mask = plan.slot_mask(form.slots, form.rank, x.dtype, scale)
         dense.dense_linear(y, x, form, mask)
