@@ -12,7 +12,7 @@ hotswap's fast CPU LoRA ops are a vLLM general plugin registered by this package
 load inside `vllm serve` too unless `HOTSWAP_FAST_CPU_LORA=0`: `--vllm-lora-ops stock` (the
 default) runs vLLM with its own ops, `hotswap` with hotswap's, `both` runs two vLLM servers.
 With hotswap's ops vLLM also gets hotswap's choice of CPU cores for the model (all of them
-on up to 4 cores: `server.engine.default_reserved_cpu_cores`), so that the comparison is of
+on up to 4 cores: `adapters.cpu_reserved_cores`), so that the comparison is of
 the server layer alone; with its own ops it keeps its own (one core left to its scheduler).
 
     .venv/bin/python loadtests/bench_vs_vllm.py                       # a few minutes
@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adapters.cpu_dtype import default_cpu_dtype  # noqa: E402
+from adapters.cpu_reserved_cores import RESERVED_CPU_VAR, default_reserved_cpu_cores  # noqa: E402
 from loadtests.bench_engine import make_adapters  # noqa: E402
 from loadtests.bench_swap import percentile  # noqa: E402
 from loadtests.workload import (  # noqa: E402
@@ -49,7 +50,6 @@ from loadtests.workload import (  # noqa: E402
     wait_ready,
 )
 from server.base_model import prepare_default_base_model  # noqa: E402
-from server.engine import RESERVED_CPU_VAR, default_reserved_cpu_cores  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from tests.support.server import free_port, start_server, stop_process  # noqa: E402
 

@@ -22,10 +22,11 @@ import jinja2
 
 from adapters.cpu_compile_cache import export_cpu_compile_cache
 from adapters.cpu_dtype import engine_dtype
+from adapters.cpu_reserved_cores import export_reserved_cores
 from server.base_model import BaseModel
 from server.errors import EngineUnavailable, InvalidRequest
 from server.metrics.instruments import ADAPTER_COLD_LOADS
-from server.settings import FEW_CORES, Settings
+from server.settings import Settings
 from server.structured.engine_extension import FallbackEngine, structured_request
 
 logger = logging.getLogger(__name__)
@@ -129,18 +130,6 @@ def _stop_starting_engine_cores() -> None:
 
             logger.info("Killing the engine core being started (pid %s)", process.pid)
             kill_process_tree(process.pid)
-
-
-RESERVED_CPU_VAR = "VLLM_CPU_NUM_OF_RESERVED_CPU"
-
-
-def default_reserved_cpu_cores() -> int | None:
-    """The cores vLLM's CPU worker leaves to the other processes unless told otherwise: none on
-    a machine of up to `FEW_CORES` cores (those this process may run on), else None (vLLM's
-    own choice, one per worker). vLLM keeps one because its engine core busy-waits through
-    every model step; on 2 cores that halves the model's threads, and giving it both serves
-    1.34x the tokens, busy-wait and all (`loadtests/bench_served.py`, `docs/benchmarks.md`)."""
-    return 0 if len(os.sched_getaffinity(0)) <= FEW_CORES else None
 
 
 def resolve_dtype(settings: Settings, on_cuda: bool) -> str:
@@ -249,11 +238,7 @@ class Engine:
 
         export_cpu_compile_cache(on_cpu=current_platform.is_cpu())
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_space_gib))
-        reserved = self._settings.cpu_reserved_cores
-        if reserved is not None:
-            os.environ[RESERVED_CPU_VAR] = str(reserved)
-        elif (default := default_reserved_cpu_cores()) is not None:
-            os.environ.setdefault(RESERVED_CPU_VAR, str(default))
+        export_reserved_cores(self._settings.cpu_reserved_cores)
         os.environ["HOTSWAP_FAST_CPU_LORA"] = "1" if self._settings.fast_cpu_lora else "0"
         os.environ["HOTSWAP_GRAMMAR_CACHE_MB"] = str(self._settings.grammar_cache_mb)
         # The compile guard already proved every schema compiles within its (lower) limit.

@@ -8,12 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters.cpu_reserved_cores import FEW_CORES
 from server.auth import Role
 from server.structured.limits import SchemaLimits
-
-FEW_CORES = 4
-"""Up to this many CPU cores, the engine keeps none from the model's threads by default
-(`cpu_reserved_cores`)."""
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 StructuredBackend = Literal["outlines", "xgrammar", "guidance"]

@@ -10,7 +10,7 @@ import os
 import psutil
 import pytest
 
-from server.settings import FEW_CORES
+from adapters.cpu_reserved_cores import FEW_CORES
 from tests.support.server import RunningServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.cpu_only]

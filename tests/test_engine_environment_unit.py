@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from adapters.cpu_compile_cache import AOT_COMPILE_VAR, export_cpu_compile_cache
+from adapters.cpu_reserved_cores import RESERVED_CPU_VAR, export_reserved_cores
 from server.base_model import BaseModel
 from server.engine import Engine
 from server.settings import Settings
 
-RESERVED = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+RESERVED = RESERVED_CPU_VAR
 EXPORTED = (
     RESERVED,
     "VLLM_CPU_KVCACHE_SPACE",
@@ -85,3 +86,14 @@ def test_the_engine_exports_the_compile_cache_setting_on_this_platform(
 
     _export(monkeypatch, cpus=2, configured=None, inherited=None)
     assert os.environ.get(AOT_COMPILE_VAR) == ("0" if current_platform.is_cpu() else None)
+
+
+@pytest.mark.parametrize(("cpus", "exported"), [(2, "0"), (16, None)])
+def test_the_evaluation_engine_gets_the_machines_default(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, exported: str | None
+) -> None:
+    """training's evaluation engine passes no setting: the machine's default applies."""
+    monkeypatch.delenv(RESERVED, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    export_reserved_cores(None)
+    assert os.environ.get(RESERVED) == exported

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from adapters.cpu_compile_cache import export_cpu_compile_cache
 from adapters.cpu_dtype import engine_dtype
+from adapters.cpu_reserved_cores import export_reserved_cores
 from adapters.document_budget import BudgetError, document_budget
 from adapters.json_grammar import structured_outputs_kwargs
 from adapters.label_sets import LabelSetGrammar, LabelSetSearch, RoundSearch, label_set_field
@@ -159,6 +160,7 @@ class Engine:
         from vllm.platforms import current_platform
 
         export_cpu_compile_cache(on_cpu=current_platform.is_cpu())
+        export_reserved_cores(None)
         self.base_dir = base_dir
         self.backend = backend
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)

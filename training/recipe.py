@@ -153,6 +153,10 @@ class TrainConfig(BaseModel):
         description="Left-pad and compute the vocabulary projection on answer tokens only.",
     )
     bf16: bool = Field(default=True, description="bf16 autocast (faster on AVX-512 BF16 CPUs).")
+    cache_frozen_layers: bool = Field(
+        default=True,
+        description="Run the layers below lora.layers_from once per example, not every step.",
+    )
     torch_threads: int = Field(default=2, gt=0)
     seed: int = 0
     eval_steps: int | None = Field(

@@ -197,7 +197,7 @@ needs_shared = pytest.mark.skipif(
 
 
 @needs_shared
-@pytest.mark.parametrize("name", ["banking77", "nlupp_banking"])
+@pytest.mark.parametrize("name", ["banking77", "banking77_all", "nlupp_banking"])
 def test_shared_recipes_prepare(name: str) -> None:
     recipe = load_recipe(REPO_ROOT / f"training/recipes/{name}.yaml")
     prepared = prepare_data(recipe)

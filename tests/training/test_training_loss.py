@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.tiny_llama import tiny_llama
 from training.train import IGNORE_INDEX, _answer_only_loss, _Collator
 
 torch = pytest.importorskip("torch")
 
 
 def test_answer_only_loss_matches_full_loss() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama().eval()
     rows = [
         {"input_ids": [5, 6, 7, 8, 9, 10, 11], "labels": [IGNORE_INDEX] * 4 + [9, 10, 11]},
         {"input_ids": [12, 13, 14, 15], "labels": [IGNORE_INDEX] * 2 + [14, 15]},

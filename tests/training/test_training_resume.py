@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import training.train as train_module
+from tests.support.tiny_llama import tiny_llama
 from training.data import prepare_data
 from training.recipe import REPO_ROOT, Recipe, load_recipe
 from training.train import TrainResult, train
@@ -31,24 +32,18 @@ class Interrupted(RuntimeError):
 
 @pytest.fixture(scope="module")
 def tiny_base(base_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     folder = tmp_path_factory.mktemp("tiny-base")
     tokenizer = AutoTokenizer.from_pretrained(base_model_path)
     torch.manual_seed(0)
-    config = LlamaConfig(
+    tiny_llama(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

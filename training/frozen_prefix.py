@@ -1,0 +1,131 @@
+"""Training from cached outputs of the frozen lower layers.
+
+With `lora.layers_from` k the layers below k carry no adapter weights: when they also drop
+nothing out, their output for an example is the same in every epoch and every validation.
+`cache_prefix` computes it once per example (no gradient, batches of similar length), and
+`skipping_prefix` swaps those layers for pass-throughs while the trainer runs, so each step
+starts at layer k from the cached hidden states (the collator hands them to the model as
+`inputs_embeds`). On SmolLM2-135M with k = 15 the lower half is a fifth to a quarter of a
+training step's CPU (`docs/training.md`, "Training speed").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PREFIX_KEY = "prefix_hidden"
+"""The row key of an example's cached hidden states, `(tokens, hidden)` float32."""
+
+MAX_CACHE_BYTES = 4 << 30
+"""Above this the cache is not built: the run trains through every layer as before."""
+
+CACHE_BATCH = 32
+
+
+def _decoder_layers(model: Any) -> tuple[Any, Any] | None:
+    """The decoder (the module that runs the layers) and its layer list, if it has one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        decoder = base.get_decoder()
+    except (AttributeError, ValueError):
+        return None
+    layers = getattr(decoder, "layers", None)
+    return (decoder, layers) if layers is not None else None
+
+
+def cacheable_layers(model: Any, first_trained: int | None) -> int:
+    """How many lower layers can be cached: those below `first_trained` when they, and the
+    embedding, have no trainable parameter and no dropout; 0 when the model has no layer list
+    this module knows or a dropout could make two epochs differ."""
+    found = _decoder_layers(model)
+    if not first_trained or found is None:
+        return 0
+    decoder, layers = found
+    if float(getattr(decoder.config, "attention_dropout", 0.0) or 0.0) > 0.0:
+        return 0
+    lower = [decoder.get_input_embeddings(), *list(layers)[:first_trained]]
+    for module in lower:
+        if any(p.requires_grad for p in module.parameters()):
+            return 0
+        if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules()):
+            return 0
+    return first_trained
+
+
+def cache_bytes(rows: list[dict[str, Any]], hidden_size: int) -> int:
+    """What caching `rows` holds in memory (float32 hidden states of every token)."""
+    return sum(len(r["input_ids"]) for r in rows) * hidden_size * 4
+
+
+def cache_prefix(model: Any, rows: list[dict[str, Any]], layers: int) -> None:
+    """Add each row's hidden states after the first `layers` layers under `PREFIX_KEY`.
+
+    Rows are run in batches of similar length, left-padded, with the attention mask and the
+    positions the training collator gives them; each row keeps its own tokens' states."""
+    found = _decoder_layers(model)
+    if found is None or layers <= 0:
+        raise ValueError("the model has no decoder layers to cache")
+    decoder, all_layers = found
+    captured: list[torch.Tensor] = []
+    hook = all_layers[layers - 1].register_forward_hook(
+        lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
+    decoder.layers = all_layers[:layers]
+    was_training = model.training
+    model.eval()
+    try:
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+        for start in range(0, len(order), CACHE_BATCH):
+            batch = [rows[i] for i in order[start : start + CACHE_BATCH]]
+            width = max(len(r["input_ids"]) for r in batch)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, r in enumerate(batch):
+                n = len(r["input_ids"])
+                ids[b, width - n :] = torch.tensor(r["input_ids"])
+                mask[b, width - n :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            captured.clear()
+            with torch.no_grad():
+                decoder(input_ids=ids, attention_mask=mask, position_ids=positions)
+            hidden = captured[-1].float()
+            for b, r in enumerate(batch):
+                n = len(r["input_ids"])
+                r[PREFIX_KEY] = hidden[b, width - n :].clone()
+    finally:
+        decoder.layers = all_layers
+        hook.remove()
+        model.train(was_training)
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for a cached layer: hands the hidden states on unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+@contextmanager
+def skipping_prefix(model: Any, layers: int) -> Iterator[None]:
+    """Within the block the first `layers` decoder layers pass their input through (the
+    batches carry their output as `inputs_embeds`); they are put back on exit."""
+    found = _decoder_layers(model)
+    if found is None or layers <= 0:
+        yield
+        return
+    _, all_layers = found
+    kept = [all_layers[i] for i in range(layers)]
+    for i in range(layers):
+        all_layers[i] = _PassThrough()
+    try:
+        yield
+    finally:
+        for i, layer in enumerate(kept):
+            all_layers[i] = layer
