@@ -19,8 +19,8 @@ FEW_CORES = 4
 
 
 def default_reserved_cpu_cores() -> int | None:
-    """None reserved on a machine of up to `FEW_CORES` cores (those this process may run on),
-    else None: vLLM's own choice, one per worker."""
+    """0 (none reserved) on a machine of up to `FEW_CORES` cores (those this process may run
+    on), else None: vLLM's own choice, one per worker."""
     return 0 if len(os.sched_getaffinity(0)) <= FEW_CORES else None
 
 

@@ -12,7 +12,7 @@ training step's CPU (`docs/training.md`, "Training speed").
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -64,11 +64,16 @@ def cache_bytes(rows: list[dict[str, Any]], hidden_size: int) -> int:
     return sum(len(r["input_ids"]) for r in rows) * hidden_size * 4
 
 
-def cache_prefix(model: Any, rows: list[dict[str, Any]], layers: int) -> None:
+def cache_prefix(
+    model: Any,
+    rows: list[dict[str, Any]],
+    layers: int,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> None:
     """Add each row's hidden states after the first `layers` layers under `PREFIX_KEY`.
 
-    Rows are run in batches of similar length, left-padded, with the attention mask and the
-    positions the training collator gives them; each row keeps its own tokens' states."""
+    Rows are run in batches of similar length, padded by `collate` (the training collator: the
+    attention mask and positions the steps give them); each row keeps its own tokens' states."""
     found = _decoder_layers(model)
     if found is None or layers <= 0:
         raise ValueError("the model has no decoder layers to cache")
@@ -83,22 +88,19 @@ def cache_prefix(model: Any, rows: list[dict[str, Any]], layers: int) -> None:
     try:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         for start in range(0, len(order), CACHE_BATCH):
-            batch = [rows[i] for i in order[start : start + CACHE_BATCH]]
-            width = max(len(r["input_ids"]) for r in batch)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, r in enumerate(batch):
-                n = len(r["input_ids"])
-                ids[b, width - n :] = torch.tensor(r["input_ids"])
-                mask[b, width - n :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            chunk = [rows[i] for i in order[start : start + CACHE_BATCH]]
+            batch = collate(chunk)
             captured.clear()
             with torch.no_grad():
-                decoder(input_ids=ids, attention_mask=mask, position_ids=positions)
+                decoder(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"],
+                )
             hidden = captured[-1].float()
-            for b, r in enumerate(batch):
-                n = len(r["input_ids"])
-                r[PREFIX_KEY] = hidden[b, width - n :].clone()
+            tokens = batch["attention_mask"].bool()
+            for b, r in enumerate(chunk):
+                r[PREFIX_KEY] = hidden[b][tokens[b]].clone()
     finally:
         decoder.layers = all_layers
         hook.remove()

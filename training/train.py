@@ -254,7 +254,7 @@ def train(
     if not train_rows:
         raise TrainingError("no training examples left after splitting")
 
-    model = peft_model(recipe, base)
+    model = _peft_model(recipe, base)
 
     checkpoints = out_dir / "checkpoints"
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.gradient_accumulation))
@@ -295,19 +295,20 @@ def train(
     callbacks = []
     if has_eval and cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    collator = _Collator(int(tokenizer.pad_token_id), left=cfg.answer_only_logits)
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows or None,
-        data_collator=_Collator(int(tokenizer.pad_token_id), left=cfg.answer_only_logits),
+        data_collator=collator,
         callbacks=callbacks,
     )
     latest = _latest_checkpoint(checkpoints) if resume else None
     if resume and latest is None:
         logger.warning("resume requested but %s holds no checkpoint; starting afresh", checkpoints)
     started, cpu_started = time.monotonic(), time.process_time()
-    cached = _cache_frozen_layers(model, recipe, train_rows + eval_rows)
+    cached = _cache_frozen_layers(model, recipe, train_rows + eval_rows, collator)
     cache_s = time.monotonic() - started
     with frozen_prefix.skipping_prefix(model, cached):
         output = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
@@ -348,7 +349,7 @@ def train(
     return result
 
 
-def peft_model(recipe: Recipe, base: Path) -> Any:
+def _peft_model(recipe: Recipe, base: Path) -> Any:
     """The float32 base model in `base` with the recipe's fresh LoRA, ready to train."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -380,13 +381,19 @@ def _contiguous_head_input(model: Any) -> None:
     )
 
 
-def _cache_frozen_layers(model: Any, recipe: Recipe, rows: list[dict[str, Any]]) -> int:
+def _cache_frozen_layers(
+    model: Any, recipe: Recipe, rows: list[dict[str, Any]], collator: _Collator
+) -> int:
     """Cache the frozen lower layers' output on `rows` where the recipe allows it and it fits
     in `frozen_prefix.MAX_CACHE_BYTES`; returns how many layers the steps then skip."""
-    if not recipe.train.cache_frozen_layers:
+    if not recipe.train.cache_frozen_layers or not recipe.lora.layers_from:
         return 0
     layers = frozen_prefix.cacheable_layers(model, recipe.lora.layers_from)
     if layers == 0:
+        logger.info(
+            "not caching the layers below %d: one of them, or the embedding, trains or drops out",
+            recipe.lora.layers_from,
+        )
         return 0
     size = frozen_prefix.cache_bytes(rows, int(model.config.hidden_size))
     if size > frozen_prefix.MAX_CACHE_BYTES:
@@ -397,7 +404,7 @@ def _cache_frozen_layers(model: Any, recipe: Recipe, rows: list[dict[str, Any]])
             frozen_prefix.MAX_CACHE_BYTES / 2**30,
         )
         return 0
-    frozen_prefix.cache_prefix(model, rows, layers)
+    frozen_prefix.cache_prefix(model, rows, layers, collator)
     logger.info("cached the output of the %d frozen layers (%.2f GiB)", layers, size / 2**30)
     return layers
 

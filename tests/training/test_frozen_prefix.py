@@ -58,7 +58,7 @@ def test_cached_prefix_trains_like_the_full_model(left: bool) -> None:
 
     assert frozen_prefix.cacheable_layers(model, 2) == 2
     rows: list[dict[str, Any]] = [dict(r) for r in ROWS]
-    frozen_prefix.cache_prefix(model, rows, 2)
+    frozen_prefix.cache_prefix(model, rows, 2, _Collator(pad_id=0, left=left))
     assert [tuple(r[frozen_prefix.PREFIX_KEY].shape) for r in rows] == [(7, 32), (4, 32), (5, 32)]
     assert model.training  # cache_prefix leaves the mode as it found it
     batch = _Collator(pad_id=0, left=left)(rows)
