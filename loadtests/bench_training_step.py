@@ -1,5 +1,6 @@
 """Training speed, side by side: the seconds per step of a recipe's training with its knobs
-varied (caching the frozen lower layers, LoRA dropout), in interleaved rounds.
+varied (caching the frozen lower layers, sharing the prompt's common tokens, LoRA dropout), in
+interleaved rounds.
 
     .venv/bin/python loadtests/bench_training_step.py                  # banking77.yaml, 3 rounds
     .venv/bin/python loadtests/bench_training_step.py --recipe training/recipes/banking77_all.yaml
@@ -30,10 +31,14 @@ from training.recipe import load_recipe  # noqa: E402
 from training.train import TrainResult, train  # noqa: E402
 
 RECIPE = ROOT / "training" / "recipes" / "banking77.yaml"
+OFF = ["train.cache_frozen_layers=false", "train.share_prompt=false"]
+CACHED = ["train.cache_frozen_layers=true", "train.share_prompt=false"]
+SHARED = ["train.cache_frozen_layers=true", "train.share_prompt=true"]
 CASES: dict[str, list[str]] = {
-    "every layer, dropout 0.05": ["train.cache_frozen_layers=false", "lora.dropout=0.05"],
-    "every layer, no dropout": ["train.cache_frozen_layers=false", "lora.dropout=0.0"],
-    "cached frozen layers, no dropout": ["train.cache_frozen_layers=true", "lora.dropout=0.0"],
+    "every layer, every token, dropout 0.05": [*OFF, "lora.dropout=0.05"],
+    "cached frozen layers, no dropout": [*CACHED, "lora.dropout=0.0"],
+    "cached layers, shared prompt, no dropout": [*SHARED, "lora.dropout=0.0"],
+    "cached layers, shared prompt, dropout 0.05": [*SHARED, "lora.dropout=0.05"],
 }
 
 

@@ -29,7 +29,7 @@ MAX_CACHE_BYTES = 4 << 30
 CACHE_BATCH = 32
 
 
-def _decoder_layers(model: Any) -> tuple[Any, Any] | None:
+def decoder_layers(model: Any) -> tuple[Any, Any] | None:
     """The decoder (the module that runs the layers) and its layer list, if it has one."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
@@ -44,7 +44,7 @@ def cacheable_layers(model: Any, first_trained: int | None) -> int:
     """How many lower layers can be cached: those below `first_trained` when they, and the
     embedding, have no trainable parameter and no dropout; 0 when the model has no layer list
     this module knows or a dropout could make two epochs differ."""
-    found = _decoder_layers(model)
+    found = decoder_layers(model)
     if not first_trained or found is None:
         return 0
     decoder, layers = found
@@ -69,12 +69,15 @@ def cache_prefix(
     rows: list[dict[str, Any]],
     layers: int,
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    past: Callable[[int], Any] | None = None,
 ) -> None:
     """Add each row's hidden states after the first `layers` layers under `PREFIX_KEY`.
 
     Rows are run in batches of similar length, padded by `collate` (the training collator: the
-    attention mask and positions the steps give them); each row keeps its own tokens' states."""
-    found = _decoder_layers(model)
+    attention mask and positions the steps give them); each row keeps its own tokens' states.
+    `past` gives a batch of that many rows the keys and values of tokens that come before
+    every row (`training.shared_prompt`), which the attention mask then starts with."""
+    found = decoder_layers(model)
     if found is None or layers <= 0:
         raise ValueError("the model has no decoder layers to cache")
     decoder, all_layers = found
@@ -96,9 +99,10 @@ def cache_prefix(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"],
+                    past_key_values=past(len(chunk)) if past is not None else None,
                 )
             hidden = captured[-1].float()
-            tokens = batch["attention_mask"].bool()
+            tokens = batch["attention_mask"][:, -hidden.shape[1] :].bool()
             for b, r in enumerate(chunk):
                 r[PREFIX_KEY] = hidden[b][tokens[b]].clone()
     finally:
@@ -118,7 +122,7 @@ class _PassThrough(torch.nn.Module):
 def skipping_prefix(model: Any, layers: int) -> Iterator[None]:
     """Within the block the first `layers` decoder layers pass their input through (the
     batches carry their output as `inputs_embeds`); they are put back on exit."""
-    found = _decoder_layers(model)
+    found = decoder_layers(model)
     if found is None or layers <= 0:
         yield
         return

@@ -157,6 +157,11 @@ class TrainConfig(BaseModel):
         default=True,
         description="Run the layers below lora.layers_from once per example, not every step.",
     )
+    share_prompt: bool = Field(
+        default=True,
+        description="Run the tokens every example opens with (chat header, system message) "
+        "once per step, not once per row; needs answer_only_logits.",
+    )
     torch_threads: int = Field(default=2, gt=0)
     seed: int = 0
     eval_steps: int | None = Field(

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,12 @@ from adapters.base_models import (
     prepare_base_model,
 )
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec, TrainingInfo
-from training import frozen_prefix
+from training import frozen_prefix, shared_prompt
 from training.data import Example, PreparedData, prepare_data, write_jsonl_examples
 from training.framing import completion_ids, prompt_ids
 from training.frozen_prefix import PREFIX_KEY
 from training.recipe import Recipe
+from training.shared_prompt import SHARED_PROMPT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class TrainResult(BaseModel):
     """Lower layers run once per example instead of every step (`training.frozen_prefix`)."""
     cache_s: float = 0.0
     """Seconds spent running them (part of `wall_s`)."""
+    shared_prompt_tokens: int = 0
+    """Leading tokens of every example run once per step (`training.shared_prompt`)."""
     dataset_digest: str
 
 
@@ -82,17 +84,13 @@ def base_model_dir(recipe: Recipe) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class _Tokenized:
-    input_ids: list[int]
-    labels: list[int]
-
-
 def tokenize_examples(
     tokenizer: Any, spec: TaskSpec, examples: list[Example], max_len: int
 ) -> list[dict[str, list[int]]]:
-    """input_ids = prompt + completion; labels mask the prompt with -100 (truncated from the
-    left of the prompt so the answer is never cut)."""
+    """input_ids = prompt + completion; labels mask the prompt with -100. A row longer than
+    `max_len` loses the start of its text: the answer is never cut, and the framing before
+    the text (chat header, system message) stays, as every served prompt has it."""
+    header = prompt_ids(tokenizer, spec, "")
     rows = []
     for ex in examples:
         prompt = prompt_ids(tokenizer, spec, ex.text)
@@ -100,7 +98,9 @@ def tokenize_examples(
         room = max_len - len(answer)
         if room <= 0:
             raise TrainingError(f"the target of {ex.source} is longer than max_seq_len={max_len}")
-        prompt = prompt[-room:]
+        if len(prompt) > room:
+            head = shared_prompt.shared_length([prompt, header], min(len(header), room - 1))
+            prompt = prompt[:head] + prompt[len(prompt) - (room - head) :]
         rows.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer})
     return rows
 
@@ -159,6 +159,9 @@ def _answer_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: An
 
     labels = inputs.pop("labels")
     keep = int(inputs.pop("logits_to_keep"))
+    shared = inputs.pop(SHARED_PROMPT_KEY, None)
+    if shared is not None:
+        inputs["past_key_values"] = shared_prompt.prompt_cache(model, shared, len(labels))
     outputs = model(**inputs, logits_to_keep=keep)
     logits = outputs.logits[:, :-1, :].float()
     target = labels[:, -keep + 1 :].to(logits.device)
@@ -296,20 +299,22 @@ def train(
     if has_eval and cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     collator = _Collator(int(tokenizer.pad_token_id), left=cfg.answer_only_logits)
+    latest = _latest_checkpoint(checkpoints) if resume else None
+    if resume and latest is None:
+        logger.warning("resume requested but %s holds no checkpoint; starting afresh", checkpoints)
+    tokens = sum(len(r["input_ids"]) for r in train_rows)
+    started, cpu_started = time.monotonic(), time.process_time()
+    step_collator, shared_tokens = _share_prompt(model, recipe, train_rows + eval_rows, collator)
+    cached = _cache_frozen_layers(model, recipe, train_rows + eval_rows, step_collator)
+    cache_s = time.monotonic() - started
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows or None,
-        data_collator=collator,
+        data_collator=step_collator,
         callbacks=callbacks,
     )
-    latest = _latest_checkpoint(checkpoints) if resume else None
-    if resume and latest is None:
-        logger.warning("resume requested but %s holds no checkpoint; starting afresh", checkpoints)
-    started, cpu_started = time.monotonic(), time.process_time()
-    cached = _cache_frozen_layers(model, recipe, train_rows + eval_rows, collator)
-    cache_s = time.monotonic() - started
     with frozen_prefix.skipping_prefix(model, cached):
         output = trainer.train(resume_from_checkpoint=str(latest) if latest else None)
     wall = time.monotonic() - started
@@ -317,7 +322,6 @@ def train(
 
     adapter_dir = out_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
-    tokens = sum(len(r["input_ids"]) for r in train_rows)
     state = trainer.state
     steps_run = max(1, state.global_step - (_step_of(latest) if latest else 0))
     epochs_run = state.epoch or 0.0
@@ -342,6 +346,7 @@ def train(
         tokens_per_s=tokens * epochs_run / wall if wall > 0 else 0.0,
         cached_layers=cached,
         cache_s=cache_s,
+        shared_prompt_tokens=shared_tokens,
         dataset_digest=prepared.digest,
     )
     (out_dir / "train_result.json").write_text(result.model_dump_json(indent=2) + "\n")
@@ -382,10 +387,14 @@ def _contiguous_head_input(model: Any) -> None:
 
 
 def _cache_frozen_layers(
-    model: Any, recipe: Recipe, rows: list[dict[str, Any]], collator: _Collator
+    model: Any,
+    recipe: Recipe,
+    rows: list[dict[str, Any]],
+    collator: _Collator | shared_prompt.SharedPromptCollator,
 ) -> int:
-    """Cache the frozen lower layers' output on `rows` where the recipe allows it and it fits
-    in `frozen_prefix.MAX_CACHE_BYTES`; returns how many layers the steps then skip."""
+    """Cache the frozen lower layers' output on `rows` (batched by the steps' `collator`)
+    where the recipe allows it and it fits in `frozen_prefix.MAX_CACHE_BYTES`; returns how
+    many layers the steps then skip."""
     if not recipe.train.cache_frozen_layers or not recipe.lora.layers_from:
         return 0
     layers = frozen_prefix.cacheable_layers(model, recipe.lora.layers_from)
@@ -404,9 +413,39 @@ def _cache_frozen_layers(
             frozen_prefix.MAX_CACHE_BYTES / 2**30,
         )
         return 0
-    frozen_prefix.cache_prefix(model, rows, layers, collator)
+    if isinstance(collator, shared_prompt.SharedPromptCollator):
+        shared_prompt.cache_lower_layers(model, rows, layers, collator)
+    else:
+        frozen_prefix.cache_prefix(model, rows, layers, collator)
     logger.info("cached the output of the %d frozen layers (%.2f GiB)", layers, size / 2**30)
     return layers
+
+
+def _share_prompt(
+    model: Any, recipe: Recipe, rows: list[dict[str, Any]], collator: _Collator
+) -> tuple[_Collator | shared_prompt.SharedPromptCollator, int]:
+    """The collator of the training steps and how many leading tokens it shares: where the
+    recipe allows it and the loss is on the answer only, the tokens every row opens with are
+    cut off the rows and run once per step (`training.shared_prompt`)."""
+    if not recipe.train.share_prompt or not recipe.train.answer_only_logits or not rows:
+        return collator, 0
+    window = shared_prompt.sliding_window(model)
+    if window is not None and max(len(r["input_ids"]) for r in rows) >= window:
+        logger.info("rows reach the %d-token sliding window: every step runs whole rows", window)
+        return collator, 0
+    limit = min(_prompt_length(r) for r in rows) - 1
+    length = shared_prompt.shared_length([r["input_ids"] for r in rows], limit)
+    if length == 0:
+        logger.info("the examples open with no common tokens: every step runs whole rows")
+        return collator, 0
+    shared = shared_prompt.split_rows(rows, length)
+    logger.info("the %d tokens every example opens with run once per step", length)
+    return shared_prompt.SharedPromptCollator(collator, shared), length
+
+
+def _prompt_length(row: dict[str, Any]) -> int:
+    """Tokens before the answer (whose labels are masked)."""
+    return next((i for i, t in enumerate(row["labels"]) if t != IGNORE_INDEX), len(row["labels"]))
 
 
 def _layers(recipe: Recipe, num_layers: int) -> list[int] | None:

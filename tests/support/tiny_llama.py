@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -19,3 +20,44 @@ def tiny_llama(**overrides: Any) -> Any:
         "num_key_value_heads": 2,
     }
     return LlamaForCausalLM(LlamaConfig(**(fields | overrides)))
+
+
+def tiny_lora_model(base: Any, layers_from: int) -> Any:
+    """`base` with a rank-4 LoRA on q, v and down of the layers from `layers_from`, its B
+    nonzero (the adapter changes the output), prepared as `training.train` prepares models."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from training.train import _contiguous_head_input
+
+    torch.manual_seed(1)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        layers_to_transform=list(range(layers_from, int(base.config.num_hidden_layers))),
+        init_lora_weights=False,
+    )
+    model = get_peft_model(base, lora)
+    _contiguous_head_input(model)
+    return model
+
+
+def loss_and_grads(
+    model: Any,
+    rows: list[dict[str, Any]],
+    left: bool = True,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> tuple[float, dict[str, Any]]:
+    """One training step's loss and adapter gradients on `rows`, batched by `collate` (the
+    training collator by default). Left padding: the answer-only loss; right padding: the
+    model's own (the trainer's path with `answer_only_logits` off)."""
+    from training.train import _answer_only_loss, _Collator
+
+    model.zero_grad()
+    batch = (collate or _Collator(pad_id=0, left=left))(rows)
+    loss = _answer_only_loss(model, dict(batch), None)[0] if left else model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads

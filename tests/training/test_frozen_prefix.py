@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.tiny_llama import tiny_llama
+from tests.support.tiny_llama import loss_and_grads, tiny_llama, tiny_lora_model
 from training import frozen_prefix
-from training.train import IGNORE_INDEX, _answer_only_loss, _Collator, _contiguous_head_input
+from training.train import IGNORE_INDEX, _Collator
 
 torch = pytest.importorskip("torch")
 
@@ -21,40 +21,14 @@ ROWS = [
 
 
 def _model(layers_from: int, dropout: float = 0.0) -> Any:
-    from peft import LoraConfig, get_peft_model
-
     torch.manual_seed(0)
-    base = tiny_llama(num_hidden_layers=4, attention_dropout=dropout)
-    lora = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj", "down_proj"],
-        layers_to_transform=list(range(layers_from, 4)),
-        init_lora_weights=False,  # nonzero B: the adapter changes the output
-    )
-    model = get_peft_model(base, lora)
-    _contiguous_head_input(model)
-    return model
-
-
-def _loss_and_grads(
-    model: Any, rows: list[dict[str, Any]], left: bool = True
-) -> tuple[float, dict[str, Any]]:
-    """Left padding: the answer-only loss; right padding: the model's own (the trainer's
-    path with `answer_only_logits` off)."""
-    model.zero_grad()
-    batch = _Collator(pad_id=0, left=left)(rows)
-    loss = _answer_only_loss(model, dict(batch), None)[0] if left else model(**batch).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return loss.item(), grads
+    return tiny_lora_model(tiny_llama(num_hidden_layers=4, attention_dropout=dropout), layers_from)
 
 
 @pytest.mark.parametrize("left", [True, False])
 def test_cached_prefix_trains_like_the_full_model(left: bool) -> None:
     model = _model(layers_from=2).train()
-    expected_loss, expected_grads = _loss_and_grads(model, ROWS, left)
+    expected_loss, expected_grads = loss_and_grads(model, ROWS, left)
 
     assert frozen_prefix.cacheable_layers(model, 2) == 2
     rows: list[dict[str, Any]] = [dict(r) for r in ROWS]
@@ -64,14 +38,14 @@ def test_cached_prefix_trains_like_the_full_model(left: bool) -> None:
     batch = _Collator(pad_id=0, left=left)(rows)
     assert "input_ids" not in batch and batch["inputs_embeds"].shape == (3, 7, 32)
     with frozen_prefix.skipping_prefix(model, 2):
-        loss, grads = _loss_and_grads(model, rows, left)
+        loss, grads = loss_and_grads(model, rows, left)
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     assert grads.keys() == expected_grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6)
 
     # the layers are back: the full model gives the same loss again
-    again, _ = _loss_and_grads(model, ROWS, left)
+    again, _ = loss_and_grads(model, ROWS, left)
     assert again == pytest.approx(expected_loss, rel=1e-6)
 
 
