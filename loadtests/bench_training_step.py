@@ -1,8 +1,9 @@
 """Training speed, side by side: the seconds per step of a recipe's training with its knobs
-varied (caching the frozen lower layers, sharing the prompt's common tokens, LoRA dropout), in
-interleaved rounds.
+varied (caching the frozen lower layers, sharing the prompt's common tokens, the loss on the
+label-choosing tokens only, LoRA dropout), in interleaved rounds.
 
     .venv/bin/python loadtests/bench_training_step.py                  # banking77.yaml, 3 rounds
+    .venv/bin/python loadtests/bench_training_step.py --cases 2 4      # two cases only
     .venv/bin/python loadtests/bench_training_step.py --recipe training/recipes/banking77_all.yaml
 
 Every case is a real `training.train.train` run of the recipe (the project's trainer, the real
@@ -31,14 +32,18 @@ from training.recipe import load_recipe  # noqa: E402
 from training.train import TrainResult, train  # noqa: E402
 
 RECIPE = ROOT / "training" / "recipes" / "banking77.yaml"
-OFF = ["train.cache_frozen_layers=false", "train.share_prompt=false"]
-CACHED = ["train.cache_frozen_layers=true", "train.share_prompt=false"]
-SHARED = ["train.cache_frozen_layers=true", "train.share_prompt=true"]
+WHOLE = ["train.label_choice_loss=false"]
+OFF = [*WHOLE, "train.cache_frozen_layers=false", "train.share_prompt=false"]
+CACHED = [*WHOLE, "train.cache_frozen_layers=true", "train.share_prompt=false"]
+SHARED = [*WHOLE, "train.cache_frozen_layers=true", "train.share_prompt=true"]
+CHOICES = [*SHARED[1:], "train.label_choice_loss=true"]
 CASES: dict[str, list[str]] = {
     "every layer, every token, dropout 0.05": [*OFF, "lora.dropout=0.05"],
     "cached frozen layers, no dropout": [*CACHED, "lora.dropout=0.0"],
     "cached layers, shared prompt, no dropout": [*SHARED, "lora.dropout=0.0"],
     "cached layers, shared prompt, dropout 0.05": [*SHARED, "lora.dropout=0.05"],
+    "cached, shared, label-choice loss, no dropout": [*CHOICES, "lora.dropout=0.0"],
+    "cached, shared, label-choice loss, dropout 0.05": [*CHOICES, "lora.dropout=0.05"],
 }
 
 
@@ -57,11 +62,18 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--steps", type=int, default=20, help="training steps per case")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--cases",
+        type=int,
+        nargs="+",
+        default=list(range(len(CASES))),
+        help="which cases to run, by their number from 0 in CASES (the first is the baseline)",
+    )
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, [])
     train_rows = len(prepare_data(recipe).splits["train"])
-    names = list(CASES)
+    names = [list(CASES)[i] for i in args.cases]
     results: dict[str, list[TrainResult]] = {name: [] for name in names}
     ratios: dict[str, list[float]] = {name: [] for name in names}
     for round_no in range(args.rounds):

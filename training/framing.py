@@ -12,6 +12,9 @@ from typing import Any
 from adapters.json_grammar import compact_json
 from adapters.manifest import TaskSpec
 
+IGNORE_INDEX = -100
+"""The label of a token that carries no loss (the prompt's; the causal-LM losses' ignore index)."""
+
 
 def prompt_text(tokenizer: Any, spec: TaskSpec, text: str) -> str:
     """The chat-templated prompt, ending with the assistant header."""

@@ -40,6 +40,15 @@ def decoder_layers(model: Any) -> tuple[Any, Any] | None:
     return (decoder, layers) if layers is not None else None
 
 
+def decoder(model: Any) -> Any:
+    """The module that runs the decoder layers (with the adapter's layers in place); raises
+    ValueError when the model has none this module knows."""
+    found = decoder_layers(model)
+    if found is None:
+        raise ValueError("the model has no decoder layers")
+    return found[0]
+
+
 def cacheable_layers(model: Any, first_trained: int | None) -> int:
     """How many lower layers can be cached: those below `first_trained` when they, and the
     embedding, have no trainable parameter and no dropout; 0 when the model has no layer list

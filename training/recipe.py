@@ -162,6 +162,12 @@ class TrainConfig(BaseModel):
         description="Run the tokens every example opens with (chat header, system message) "
         "once per step, not once per row; needs answer_only_logits.",
     )
+    label_choice_loss: bool = Field(
+        default=True,
+        description="Single-label classification: the loss only where the answer chooses "
+        "between labels (the label trie's branching points, where serving reads the label's "
+        "probability), not on the tokens the schema forces; other tasks learn every answer token.",
+    )
     torch_threads: int = Field(default=2, gt=0)
     seed: int = 0
     eval_steps: int | None = Field(

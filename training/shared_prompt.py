@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from training import frozen_prefix
-from training.frozen_prefix import PREFIX_KEY, decoder_layers
+from training.frozen_prefix import PREFIX_KEY
 
 SHARED_PROMPT_KEY = "shared_prompt"
 """The batch key of the shared tokens' model input for one row: `input_ids` (1, n) or, with
@@ -92,7 +92,7 @@ def cache_lower_layers(
     """`frozen_prefix.cache_prefix` for rows cut by `split_rows`: their batches attend to the
     shared tokens' keys and values in the lower layers (run once), and the shared tokens' own
     output of those layers becomes the steps' shared input."""
-    decoder = _decoder(model)
+    decoder = frozen_prefix.decoder(model)
     with torch.no_grad():
         run = decoder(**step.shared, use_cache=True).past_key_values
     frozen_prefix.cache_prefix(
@@ -108,14 +108,8 @@ def prompt_cache(model: Any, shared: dict[str, torch.Tensor], batch_size: int) -
     """The shared tokens' keys and values in every layer, run once (with the adapter, so the
     gradient reaches it) and expanded to `batch_size` rows, as the `past_key_values` of the
     batch's forward pass."""
-    return _expanded(_decoder(model)(**shared, use_cache=True).past_key_values, batch_size, model)
-
-
-def _decoder(model: Any) -> Any:
-    found = decoder_layers(model)
-    if found is None:
-        raise ValueError("the model has no decoder layers to share the prompt through")
-    return found[0]
+    run = frozen_prefix.decoder(model)(**shared, use_cache=True).past_key_values
+    return _expanded(run, batch_size, model)
 
 
 def _expanded(run: Any, batch_size: int, model: Any) -> Any:

@@ -29,15 +29,15 @@ from adapters.base_models import (
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, TaskSpec, TrainingInfo
 from training import frozen_prefix, shared_prompt
 from training.data import Example, PreparedData, prepare_data, write_jsonl_examples
-from training.framing import completion_ids, prompt_ids
+from training.framing import IGNORE_INDEX, completion_ids, prompt_ids
 from training.frozen_prefix import PREFIX_KEY
+from training.label_choices import LabelChoices
 from training.recipe import Recipe
 from training.shared_prompt import SHARED_PROMPT_KEY
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOME = Path(os.environ.get("HOTSWAP_HOME", Path.home() / ".cache" / "hotswap"))
-IGNORE_INDEX = -100
 
 
 class TrainingError(RuntimeError):
@@ -146,36 +146,40 @@ class _Collator:
             batch["inputs_embeds"] = embeds
         else:
             batch["input_ids"] = torch.tensor(ids)
-        if self.left:
-            answer = max(sum(1 for t in r["labels"] if t != IGNORE_INDEX) for r in rows)
-            batch["logits_to_keep"] = answer + 1
         return batch
 
 
 def _answer_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> Any:
-    """Cross-entropy over the answer tokens, projecting only the last positions to the
-    vocabulary (the LM head over every prompt token is most of the wasted work)."""
+    """Cross-entropy over the tokens that carry a label, projecting to the vocabulary only the
+    positions that predict them (the LM head over every prompt token is most of the wasted
+    work): the decoder runs the batch, those positions' hidden states are gathered (a
+    contiguous input for the projection) and the model's head scores them."""
     import torch
 
     labels = inputs.pop("labels")
-    keep = int(inputs.pop("logits_to_keep"))
     shared = inputs.pop(SHARED_PROMPT_KEY, None)
     if shared is not None:
         inputs["past_key_values"] = shared_prompt.prompt_cache(model, shared, len(labels))
-    outputs = model(**inputs, logits_to_keep=keep)
-    logits = outputs.logits[:, :-1, :].float()
-    target = labels[:, -keep + 1 :].to(logits.device)
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
-        target.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    count = num_items_in_batch if num_items_in_batch is not None else (target != IGNORE_INDEX).sum()
-    return loss / count, outputs
+    hidden = frozen_prefix.decoder(model)(**inputs).last_hidden_state
+    rows, cols = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    logits = _head_logits(model, hidden[rows, cols]).float()
+    target = labels[rows, cols + 1].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else target.numel()
+    return loss / count, {"loss": loss / count, "logits": logits}
 
 
-def _trainer_class() -> Any:
+def _head_logits(model: Any, hidden: Any) -> Any:
+    """The causal-LM head on `hidden`: the output embedding, then the final logit soft-capping
+    where the model's config has one (Gemma 2 and 3), as its own forward pass computes them."""
+    import torch
+
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def _trainer_class(answer_only: bool) -> Any:
     from transformers import Trainer
 
     class AnswerOnlyTrainer(Trainer):
@@ -188,7 +192,7 @@ def _trainer_class() -> Any:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
-            if "logits_to_keep" not in inputs:
+            if not answer_only:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, outputs = _answer_only_loss(model, dict(inputs), num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
@@ -305,9 +309,10 @@ def train(
     tokens = sum(len(r["input_ids"]) for r in train_rows)
     started, cpu_started = time.monotonic(), time.process_time()
     step_collator, shared_tokens = _share_prompt(model, recipe, train_rows + eval_rows, collator)
+    _keep_label_choices(recipe, tokenizer, prepared.spec, train_rows + eval_rows)
     cached = _cache_frozen_layers(model, recipe, train_rows + eval_rows, step_collator)
     cache_s = time.monotonic() - started
-    trainer = _trainer_class()(
+    trainer = _trainer_class(cfg.answer_only_logits)(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -371,19 +376,7 @@ def _peft_model(recipe: Recipe, base: Path) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
-    _contiguous_head_input(model)
-    return model
-
-
-def _contiguous_head_input(model: Any) -> None:
-    """Hand the vocabulary projection a contiguous input. The causal-LM heads slice the last
-    positions (`logits_to_keep`) out of the hidden states, and on that strided view torch runs
-    a batched product against the vocabulary matrix once per row: 2.3x the time of one matrix
-    product, forward and backward (SmolLM2, 16 rows of 12 answer positions)."""
-    model.get_output_embeddings().register_forward_pre_hook(
-        lambda _module, args: (args[0].contiguous(), *args[1:])
-    )
+    return get_peft_model(model, lora)
 
 
 def _cache_frozen_layers(
@@ -441,6 +434,26 @@ def _share_prompt(
     shared = shared_prompt.split_rows(rows, length)
     logger.info("the %d tokens every example opens with run once per step", length)
     return shared_prompt.SharedPromptCollator(collator, shared), length
+
+
+def _keep_label_choices(
+    recipe: Recipe, tokenizer: Any, spec: TaskSpec, rows: list[dict[str, Any]]
+) -> None:
+    """Where the recipe asks for it and the task is a single-label classification, the loss of
+    `rows` is on the answer tokens that choose between labels only, and the rows end with the
+    last of them (`training.label_choices`)."""
+    if not recipe.train.label_choice_loss:
+        return
+    choices = LabelChoices.for_task(tokenizer, spec)
+    if choices is None:
+        logger.info("the task's answers are not scored as labels: every answer token is learned")
+        return
+    try:
+        for row in rows:
+            choices.cut(row)
+    except ValueError as exc:
+        raise TrainingError(f"label-choice loss: {exc}") from exc
+    logger.info("the loss is on the answer tokens that choose between labels only")
 
 
 def _prompt_length(row: dict[str, Any]) -> int:

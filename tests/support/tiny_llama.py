@@ -1,4 +1,5 @@
-"""A tiny random Llama for fast training tests: the real architecture, no real weights."""
+"""Tiny random Llama and Gemma 3 models for fast training tests: the real architectures, no
+real weights."""
 
 from __future__ import annotations
 
@@ -22,13 +23,30 @@ def tiny_llama(**overrides: Any) -> Any:
     return LlamaForCausalLM(LlamaConfig(**(fields | overrides)))
 
 
+def tiny_gemma3(window: int = 16, **overrides: Any) -> Any:
+    """A `Gemma3ForCausalLM` of 4 layers, sliding-window (`window` tokens) and full attention
+    alternating, 32 wide, a 64-token vocabulary; every `Gemma3TextConfig` field overridable."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    fields: dict[str, Any] = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "sliding_window": window,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+    }
+    return Gemma3ForCausalLM(Gemma3TextConfig(**(fields | overrides)))
+
+
 def tiny_lora_model(base: Any, layers_from: int) -> Any:
     """`base` with a rank-4 LoRA on q, v and down of the layers from `layers_from`, its B
-    nonzero (the adapter changes the output), prepared as `training.train` prepares models."""
+    nonzero (the adapter changes the output)."""
     import torch
     from peft import LoraConfig, get_peft_model
-
-    from training.train import _contiguous_head_input
 
     torch.manual_seed(1)
     lora = LoraConfig(
@@ -39,9 +57,7 @@ def tiny_lora_model(base: Any, layers_from: int) -> Any:
         layers_to_transform=list(range(layers_from, int(base.config.num_hidden_layers))),
         init_lora_weights=False,
     )
-    model = get_peft_model(base, lora)
-    _contiguous_head_input(model)
-    return model
+    return get_peft_model(base, lora)
 
 
 def loss_and_grads(

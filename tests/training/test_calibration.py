@@ -17,11 +17,13 @@ from adapters.label_trie import LabelPrefix, LabelSearch, LabelTrie, tempered
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, Calibration, TaskSpec
 from tests.support.label_sets import SET_MODEL, SET_SCHEMA
 from training.calibration import (
+    TEMPERATURE_BOUNDS,
     Forward,
     Known,
     expected_calibration_error,
     fit_temperature,
     label_set_nll,
+    mean_nll,
     predicted_distribution,
     run_label_searches,
     set_probabilities,
@@ -86,6 +88,27 @@ def test_fitted_temperature_recovers_the_generating_one(
         examples.append((known, sample_label(trie, known, true_temperature, rng)))
     fitted = fit_temperature(trie, examples)
     assert abs(fitted - true_temperature) < 0.1 * true_temperature, fitted
+
+
+def test_a_validation_split_without_errors_does_not_sharpen_to_the_bound(
+    trie: LabelTrie,
+) -> None:
+    rng = random.Random(3)
+    examples = []
+    for _ in range(14):
+        known = random_known(trie, rng, scale=2.0)
+        best = LabelSearch(trie, 1.0, floor=0.0, known=dict(known)).distribution().best[0]
+        examples.append((known, trie.labels.index(best)))
+    unconstrained = minimize_likelihood_only(trie, examples)
+    fitted = fit_temperature(trie, examples)
+    assert unconstrained == pytest.approx(TEMPERATURE_BOUNDS[0], rel=1e-2)
+    assert TEMPERATURE_BOUNDS[0] * 2 < fitted < 1.0, fitted
+
+
+def minimize_likelihood_only(trie: LabelTrie, examples: Sequence[tuple[Known, int]]) -> float:
+    """The grid temperature of least `mean_nll` alone (no prior)."""
+    grid = [TEMPERATURE_BOUNDS[0] * 1.05**i for i in range(120)]
+    return min(grid, key=lambda t: mean_nll(trie, examples, t))
 
 
 def test_fit_needs_examples(trie: LabelTrie) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from tests.support.tiny_llama import loss_and_grads, tiny_llama, tiny_lora_model
 from training import frozen_prefix
-from training.train import IGNORE_INDEX, _Collator
+from training.framing import IGNORE_INDEX
+from training.train import _Collator
 
 torch = pytest.importorskip("torch")
 

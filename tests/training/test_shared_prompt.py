@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.tiny_llama import loss_and_grads, tiny_llama, tiny_lora_model
+from tests.support.tiny_llama import loss_and_grads, tiny_gemma3, tiny_llama, tiny_lora_model
 from training import frozen_prefix, shared_prompt
-from training.train import IGNORE_INDEX, _Collator, _share_prompt
+from training.framing import IGNORE_INDEX
+from training.train import _Collator, _share_prompt
 
 torch = pytest.importorskip("torch")
 
@@ -24,24 +25,7 @@ ROWS = [
 ]
 
 
-def _tiny_gemma3(window: int = 16) -> Any:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        sliding_window=window,
-        layer_types=["sliding_attention", "full_attention"] * 2,
-    )
-    return Gemma3ForCausalLM(config)
-
-
-BASES = {"llama": lambda: tiny_llama(num_hidden_layers=4), "gemma3": _tiny_gemma3}
+BASES = {"llama": lambda: tiny_llama(num_hidden_layers=4), "gemma3": tiny_gemma3}
 
 
 def _model(base: str, layers_from: int) -> Any:
@@ -112,7 +96,7 @@ def test_training_shares_every_common_token_but_the_last_before_an_answer() -> N
     whole = load_recipe(DEMO, ["train.answer_only_logits=false"])
     assert _share_prompt(model, whole, _rows(), collator) == (collator, 0)
     # a window that counts the padding differently in split rows: not shared
-    short_window = tiny_lora_model(_tiny_gemma3(window=11), 0)
+    short_window = tiny_lora_model(tiny_gemma3(window=11), 0)
     assert _share_prompt(short_window, recipe, _rows(), collator) == (collator, 0)
     assert _share_prompt(_model("gemma3", 0), recipe, _rows(), collator)[1] == 4
 

@@ -68,8 +68,8 @@ def _interrupt_after(step: int) -> Any:
     """A `_trainer_class` replacement whose trainer dies when it starts step `step + 1`."""
     original = train_module._trainer_class
 
-    def trainer_class() -> Any:
-        class DyingTrainer(original()):  # type: ignore[misc]
+    def trainer_class(answer_only: bool) -> Any:
+        class DyingTrainer(original(answer_only)):  # type: ignore[misc]
             def training_step(self, *args: Any, **kwargs: Any) -> Any:
                 if self.state.global_step >= step:
                     raise Interrupted(f"interrupted at step {self.state.global_step}")
