@@ -166,7 +166,8 @@ def _answer_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: An
     target = labels[rows, cols + 1].to(logits.device)
     loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else target.numel()
-    return loss / count, {"loss": loss / count, "logits": logits}
+    mean = loss / count
+    return mean, {"loss": mean, "logits": logits}
 
 
 def _head_logits(model: Any, hidden: Any) -> Any:
