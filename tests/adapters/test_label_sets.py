@@ -19,14 +19,7 @@ from adapters.label_sets import (
     label_set_field,
 )
 from adapters.label_trie import LabelSearch, LabelTrie
-
-
-class CharTokenizer:
-    """One token per character: the pieces `["`, `","`, `"]` are several tokens each, so the
-    decisions fall after their shared first characters."""
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [ord(c) for c in text]
+from tests.support.char_tokenizer import CharTokenizer
 
 
 class MergingTokenizer(CharTokenizer):

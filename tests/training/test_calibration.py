@@ -15,6 +15,7 @@ import pytest
 from adapters.label_sets import LabelSetGrammar, RoundSearch, label_set_field
 from adapters.label_trie import LabelPrefix, LabelSearch, LabelTrie, tempered
 from adapters.manifest import MANIFEST_FILE, AdapterManifest, Calibration, TaskSpec
+from tests.support.char_tokenizer import CharTokenizer
 from tests.support.label_sets import SET_MODEL, SET_SCHEMA
 from training.calibration import (
     TEMPERATURE_BOUNDS,
@@ -37,13 +38,6 @@ from training.recipe import REPO_ROOT, RecipeError, TaskConfig, load_recipe
 LABELS = ["aa", "ab", "ba", "bb", "c"]
 """Answers `{"y":"<label>"}`: branching after `{"y":"` (a, b, c), then after `a` and `b`."""
 FIELD = "y"
-
-
-class CharTokenizer:
-    """One token per character (its code point)."""
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [ord(ch) for ch in text]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 
 from adapters.label_trie import LabelTrie
 from adapters.manifest import TaskSpec
+from tests.support.char_tokenizer import CharTokenizer
 from tests.support.tiny_llama import tiny_gemma3, tiny_llama
 from training.framing import IGNORE_INDEX
 from training.label_choices import LabelChoices
@@ -46,13 +47,6 @@ def test_answer_only_loss_matches_the_models_own_loss(base: str, sparse: bool) -
     assert outputs["logits"].shape == (5 if sparse else 8, 64)
 
 
-class _Tokens:
-    """One token per character, offset past the special tokens."""
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [ord(c) for c in text]
-
-
 EOS = 2
 
 
@@ -61,7 +55,7 @@ def _answer(trie: LabelTrie, label: str) -> list[int]:
 
 
 def test_label_choices_keep_the_branching_points_and_end_the_row_at_the_last() -> None:
-    trie = LabelTrie.build(_Tokens(), "i", ["card_lost", "card_late", "top_up"])
+    trie = LabelTrie.build(CharTokenizer(), "i", ["card_lost", "card_late", "top_up"])
     choices = LabelChoices(trie)
     answer = _answer(trie, "card_late")
     row = {"input_ids": [7, 8, 9, *answer], "labels": [IGNORE_INDEX] * 3 + answer}
@@ -116,8 +110,8 @@ def test_cut_rows_train_like_the_whole_rows_with_the_same_labels() -> None:
 
 
 def test_an_answer_that_is_no_label_is_refused() -> None:
-    choices = LabelChoices(LabelTrie.build(_Tokens(), "i", ["yes", "no"]))
-    answer = [*_Tokens().encode('{"i":"maybe"}'), EOS]
+    choices = LabelChoices(LabelTrie.build(CharTokenizer(), "i", ["yes", "no"]))
+    answer = [*CharTokenizer().encode('{"i":"maybe"}'), EOS]
     with pytest.raises(ValueError, match="not a label's answer"):
         choices.cut({"input_ids": [1, *answer], "labels": [IGNORE_INDEX, *answer]})
 
@@ -133,7 +127,7 @@ def _enum_task(labels: list[str]) -> TaskSpec:
 
 
 def test_only_a_choice_between_labels_gets_the_label_choice_loss() -> None:
-    assert LabelChoices.for_task(_Tokens(), _enum_task(["yes", "no"])) is not None
-    assert LabelChoices.for_task(_Tokens(), _enum_task(["only"])) is None
+    assert LabelChoices.for_task(CharTokenizer(), _enum_task(["yes", "no"])) is not None
+    assert LabelChoices.for_task(CharTokenizer(), _enum_task(["only"])) is None
     free = TaskSpec(output_schema={"type": "object", "properties": {"note": {"type": "string"}}})
-    assert LabelChoices.for_task(_Tokens(), free) is None
+    assert LabelChoices.for_task(CharTokenizer(), free) is None
