@@ -176,6 +176,11 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = Field(
         default=2, description="Stop after N validations without a lower loss (None: never)."
     )
+    restore_best: bool = Field(
+        default=True,
+        description="At the end, restore the weights of the lowest validation loss; False keeps "
+        "the last weights (e.g. for a schedule that decays to zero).",
+    )
     save_total_limit: int = Field(default=2, gt=0)
     logging_steps: int = Field(default=5, gt=0)
 

@@ -286,7 +286,7 @@ def train(
         save_steps=eval_steps,
         save_total_limit=cfg.save_total_limit,
         save_only_model=False,
-        load_best_model_at_end=has_eval,
+        load_best_model_at_end=has_eval and cfg.restore_best,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",

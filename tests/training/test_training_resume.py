@@ -1,5 +1,6 @@
 """`--resume`: a run interrupted after a checkpoint and resumed ends with the same adapter
-weights and the same loss curve as an uninterrupted run with the same seed.
+weights and the same loss curve as an uninterrupted run with the same seed. `restore_best`:
+the run ends on the checkpoint of the lowest validation loss, or on its last weights.
 
 The base is a tiny random Llama with the real base model's tokenizer (so prompts are framed and
 tokenized exactly as for the real model) and the demo data: the Trainer's checkpoint, RNG and
@@ -18,7 +19,7 @@ import training.train as train_module
 from tests.support.tiny_llama import tiny_llama
 from training.data import prepare_data
 from training.recipe import REPO_ROOT, Recipe, load_recipe
-from training.train import TrainResult, train
+from training.train import train
 
 torch = pytest.importorskip("torch")
 
@@ -48,20 +49,24 @@ def tiny_base(base_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -
     return folder
 
 
+KNOBS = [
+    f"train.max_steps={STEPS}",
+    f"train.eval_steps={CHECKPOINT_EVERY}",
+    "train.early_stopping_patience=null",
+    "train.logging_steps=1",
+    "train.learning_rate=0.01",
+    "lora.layers_from=null",
+    "data.split.validation_per_label=1",
+]
+
+
+def _demo(*overrides: str) -> Recipe:
+    return load_recipe(REPO_ROOT / "training/recipes/demo.yaml", [*KNOBS, *overrides])
+
+
 @pytest.fixture(scope="module")
 def recipe() -> Recipe:
-    return load_recipe(
-        REPO_ROOT / "training/recipes/demo.yaml",
-        [
-            f"train.max_steps={STEPS}",
-            f"train.eval_steps={CHECKPOINT_EVERY}",
-            "train.early_stopping_patience=null",
-            "train.logging_steps=1",
-            "train.learning_rate=0.01",
-            "lora.layers_from=null",
-            "data.split.validation_per_label=1",
-        ],
-    )
+    return _demo()
 
 
 def _interrupt_after(step: int) -> Any:
@@ -80,10 +85,10 @@ def _interrupt_after(step: int) -> Any:
     return trainer_class
 
 
-def _weights(result: TrainResult) -> dict[str, Any]:
+def _weights(adapter: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    return load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    return load_file(str(adapter / "adapter_model.safetensors"))
 
 
 def _losses(out: Path) -> list[tuple[int, float]]:
@@ -111,7 +116,7 @@ def test_resumed_run_equals_uninterrupted_run(
     resumed = train(recipe, tmp_path / "resumed", data=prepared, base_dir=tiny_base, resume=True)
     assert resumed.steps == STEPS
 
-    expected, got = _weights(straight), _weights(resumed)
+    expected, got = _weights(straight.adapter_dir), _weights(resumed.adapter_dir)
     assert expected.keys() == got.keys() and expected
     assert any(
         name.endswith("lora_B.weight") and tensor.abs().sum() > 0
@@ -126,3 +131,28 @@ def test_resumed_run_equals_uninterrupted_run(
         [loss for _, loss in straight_losses], rel=1e-6
     )
     assert resumed.best_eval_loss == pytest.approx(straight.best_eval_loss, rel=1e-6)
+
+
+def _eval_losses(out: Path) -> dict[int, float]:
+    import json
+
+    history = json.loads((out / "log_history.json").read_text())
+    return {entry["step"]: entry["eval_loss"] for entry in history if "eval_loss" in entry}
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_restore_best_picks_the_weights_the_run_ends_on(
+    tiny_base: Path, tmp_path: Path, restore_best: bool
+) -> None:
+    """`train.restore_best` ends on the lowest validation loss; off, on the last step's weights.
+    The learning rate is high enough that the last validation is not the lowest."""
+    run = _demo(f"train.restore_best={str(restore_best).lower()}", "train.learning_rate=0.3")
+    result = train(run, tmp_path, data=prepare_data(run), base_dir=tiny_base)
+    losses = _eval_losses(tmp_path)
+    best = min(losses, key=losses.__getitem__)
+    assert sorted(losses) == [CHECKPOINT_EVERY, STEPS] and best != STEPS, losses
+    expected = _weights(tmp_path / "checkpoints" / f"checkpoint-{best if restore_best else STEPS}")
+    got = _weights(result.adapter_dir)
+    assert expected.keys() == got.keys() and expected
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
