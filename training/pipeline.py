@@ -105,8 +105,10 @@ def finish_run(
         "train_wall_s": trained.wall_s,
         "train_examples": float(trained.train_examples),
     }
-    if trained.best_eval_loss is not None:  # no validation loss measured: no figure
-        metrics["best_eval_loss"] = trained.best_eval_loss
+    # No validation loss measured: no figure. `eval_loss` is the shipped weights' own.
+    for key, loss in (("best_eval_loss", trained.best_eval_loss), ("eval_loss", trained.eval_loss)):
+        if loss is not None:
+            metrics[key] = loss
     # Without a fit, only the recipe's abstention threshold is written (temperature 1).
     calibration = (
         Calibration(abstain_below=recipe.eval.abstain_below)

@@ -54,6 +54,11 @@ class TrainResult(BaseModel):
     train_examples: int
     train_loss: float
     best_eval_loss: float | None
+    """The lowest validation loss measured during the run (None: no validation)."""
+    eval_loss: float | None = None
+    """The validation loss of the weights the adapter holds: the lowest with
+    `train.restore_best`, else the last validation's when it ran at the last step (None
+    otherwise: those weights were never validated)."""
     wall_s: float
     s_per_step: float
     cpu_s_per_step: float
@@ -331,7 +336,8 @@ def train(
     state = trainer.state
     steps_run = max(1, state.global_step - (_step_of(latest) if latest else 0))
     epochs_run = state.epoch or 0.0
-    eval_losses = [e["eval_loss"] for e in state.log_history if "eval_loss" in e]
+    evaluations = [(e["step"], e["eval_loss"]) for e in state.log_history if "eval_loss" in e]
+    eval_losses = [loss for _, loss in evaluations]
     write_manifest(
         adapter_dir,
         recipe,
@@ -346,6 +352,7 @@ def train(
         train_examples=len(train_rows),
         train_loss=float(output.training_loss),
         best_eval_loss=min(eval_losses) if eval_losses else None,
+        eval_loss=_kept_eval_loss(evaluations, state.global_step, recipe.train.restore_best),
         wall_s=wall,
         s_per_step=wall / steps_run,
         cpu_s_per_step=cpu / steps_run,
@@ -358,6 +365,18 @@ def train(
     (out_dir / "train_result.json").write_text(result.model_dump_json(indent=2) + "\n")
     (out_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=1) + "\n")
     return result
+
+
+def _kept_eval_loss(
+    evaluations: list[tuple[int, float]], last_step: int, restore_best: bool
+) -> float | None:
+    """The validation loss of the weights a run ends on, from its (step, loss) validations."""
+    if not evaluations:
+        return None
+    if restore_best:
+        return min(loss for _, loss in evaluations)
+    step, loss = evaluations[-1]
+    return loss if step == last_step else None
 
 
 def _peft_model(recipe: Recipe, base: Path) -> Any:

@@ -14,6 +14,7 @@ import json
 import math
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,22 +388,26 @@ async def test_ordinary_validation_round_trip_is_fast(validator: ValidationGuard
 # -- the compile guard's queue -------------------------------------------------------------
 async def test_a_full_compile_queue_is_a_429(tmp_path: Path) -> None:
     guard = CompileGuard(tmp_path, workers=1, max_waiting=0)
+    started, release = threading.Event(), threading.Event()
 
-    def slow_check(schema: Any, mode: Any = None) -> CompileVerdict:
-        time.sleep(0.5)
+    def held_check(schema: Any, mode: Any = None) -> CompileVerdict:
+        started.set()
+        release.wait(timeout=30)  # held until the test has seen the full queue
         return CompileVerdict(ok=True, digest="x")
 
-    guard.check_sync = slow_check  # type: ignore[method-assign]
+    guard.check_sync = held_check  # type: ignore[method-assign]
     policy = SchemaPolicy(guard)
     try:
         first = asyncio.create_task(guard.check({"type": "integer"}))
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(started.wait, 30)
         with pytest.raises(WorkersBusy):
             await guard.check({"type": "boolean"})
         with pytest.raises(QueueFull) as info:
             await policy.admit({"type": "boolean"})
         assert info.value.status == 429 and "busy" in info.value.message
+        release.set()
         assert (await first).ok
         assert (await guard.check({"type": "boolean"})).ok  # the slot came back
     finally:
+        release.set()
         guard.close()

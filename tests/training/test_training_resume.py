@@ -156,3 +156,5 @@ def test_restore_best_picks_the_weights_the_run_ends_on(
     assert expected.keys() == got.keys() and expected
     for name, tensor in expected.items():
         assert torch.equal(tensor, got[name]), name
+    assert result.best_eval_loss == losses[best]
+    assert result.eval_loss == losses[best if restore_best else STEPS]
