@@ -337,7 +337,12 @@ def train(
     steps_run = max(1, state.global_step - (_step_of(latest) if latest else 0))
     epochs_run = state.epoch or 0.0
     evaluations = [(e["step"], e["eval_loss"]) for e in state.log_history if "eval_loss" in e]
-    eval_losses = [loss for _, loss in evaluations]
+    best_eval_loss = min((loss for _, loss in evaluations), default=None)
+    # The shipped weights' own loss: the best restored, else the last if validated at the end.
+    kept_eval_loss = best_eval_loss
+    if not recipe.train.restore_best:
+        last_step, last_loss = evaluations[-1] if evaluations else (None, None)
+        kept_eval_loss = last_loss if last_step == state.global_step else None
     write_manifest(
         adapter_dir,
         recipe,
@@ -351,8 +356,8 @@ def train(
         epochs=epochs_run,
         train_examples=len(train_rows),
         train_loss=float(output.training_loss),
-        best_eval_loss=min(eval_losses) if eval_losses else None,
-        eval_loss=_kept_eval_loss(evaluations, state.global_step, recipe.train.restore_best),
+        best_eval_loss=best_eval_loss,
+        eval_loss=kept_eval_loss,
         wall_s=wall,
         s_per_step=wall / steps_run,
         cpu_s_per_step=cpu / steps_run,
@@ -365,18 +370,6 @@ def train(
     (out_dir / "train_result.json").write_text(result.model_dump_json(indent=2) + "\n")
     (out_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=1) + "\n")
     return result
-
-
-def _kept_eval_loss(
-    evaluations: list[tuple[int, float]], last_step: int, restore_best: bool
-) -> float | None:
-    """The validation loss of the weights a run ends on, from its (step, loss) validations."""
-    if not evaluations:
-        return None
-    if restore_best:
-        return min(loss for _, loss in evaluations)
-    step, loss = evaluations[-1]
-    return loss if step == last_step else None
 
 
 def _peft_model(recipe: Recipe, base: Path) -> Any:
