@@ -54,6 +54,7 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
     base = await asyncio.to_thread(
         resolve_base_model, settings.base_model, settings.home, settings.served_model_name
     )
+    fallback = settings.schema_fallback()
     guard = CompileGuard(
         base.path,
         timeout_s=settings.schema_compile_timeout_s,
@@ -61,6 +62,7 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
         max_grammar_mb=settings.schema_max_grammar_mb,
         vocab_cache_dir=settings.schema_vocab_cache_dir,
         max_waiting=settings.schema_compile_max_waiting,
+        fallback_engines=[fallback] if fallback else [],
     )
     app.state.schema_guard = guard  # closed by the lifespan, even if start-up fails later
     validator = ValidationGuard(
@@ -77,7 +79,7 @@ async def _start(app: FastAPI, settings: Settings, engine_factory: EngineFactory
         validator,
         budget_decoding=settings.structured_outputs_backend == "outlines",
         budget_max_grammar_mb=settings.schema_budget_max_grammar_mb,
-        fallback=settings.schema_fallback(),
+        fallback=fallback,
     )
     registry = AdapterRegistry(
         settings.home,

@@ -1,8 +1,10 @@
 """Compile worker: a child process that compiles schemas exactly as vLLM's outlines backend does.
 
-Started by `CompileGuard` as `python -m server.structured._worker MEMORY_MB PARENT_PID VOCAB_FILE`
-(the protocol of `server.structured.workers`): for each request
-`{"id": N, "schema": "<schema as json.dumps wrote it>"}` it answers `{"id": N, "ok": ...}`;
+Started by `CompileGuard` as
+`python -m server.structured._worker MEMORY_MB PARENT_PID VOCAB_FILE [ENGINE ...]`
+(the protocol of `server.structured.workers`); it imports each fallback ENGINE before it reports
+ready. For each request `{"id": N, "schema": "<schema as json.dumps wrote it>"}` it answers
+`{"id": N, "ok": ...}`;
 with `"shortest": true` it also measures the shortest document (`min_tokens`), with
 `"fallback": ENGINE` it checks a fallback grammar engine instead of outlines.
 Its address space is capped with RLIMIT_AS before anything is loaded, and it dies with its
@@ -11,6 +13,7 @@ parent (PR_SET_PDEATHSIG), so a runaway compilation can only kill this process.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -107,12 +110,17 @@ def _refused(reason: RefusalReason, message: str) -> dict[str, Any]:
     return {"ok": False, "reason": reason.value, "message": message}
 
 
+_ENGINE_MODULES: dict[str, str] = {"guidance": "llguidance", "xgrammar": "xgrammar"}
+
+
 def main(argv: list[str]) -> int:
-    vocab_file = Path(sandbox(argv)[0])
+    vocab_file, *engines = sandbox(argv)
     started = time.perf_counter()
     try:
-        vocabulary = load_vocabulary(vocab_file)
-    except (OSError, ValueError, KeyError, MemoryError) as exc:
+        vocabulary = load_vocabulary(Path(vocab_file))
+        for engine in engines:  # outside any check's CPU limit: xgrammar's import takes ~4 s
+            importlib.import_module(_ENGINE_MODULES[engine])
+    except (OSError, ValueError, KeyError, MemoryError, ImportError) as exc:
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
 

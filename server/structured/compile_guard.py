@@ -13,6 +13,9 @@ Time limits: `timeout_s` bounds the CPU seconds one compilation may use (the wor
 user+system time, read from /proc while waiting), so a verdict does not depend on how busy the
 machine is; `wall_timeout_s` (default 3 x timeout_s) bounds the wall-clock wait. Both kill the
 worker. Only CPU-bound refusals are cached: a wall-clock refusal under load is `transient`.
+The fallback engines a guard checks for (`fallback_engines`) are imported by each worker before
+it reports ready: xgrammar's import alone costs about 4 CPU seconds, which would otherwise be
+charged to a worker's first check and refuse (and cache) a schema it compiles in one.
 
 Size: the worker measures the compiled index (its serialized bytes); one over `max_grammar_mb`
 is refused, since the engine keeps what it compiles in memory (see `engine_grammar_cache`).
@@ -32,6 +35,7 @@ import subprocess
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +121,7 @@ class CompileGuard:
         cache_size: int = DEFAULT_CACHE_SIZE,
         vocab_cache_dir: Path | None = None,
         vocab_build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S,
+        fallback_engines: Sequence[FallbackEngine] = (),
     ) -> None:
         if min(timeout_s, memory_limit_mb, max_grammar_mb, workers) <= 0 or cache_size < 0:
             raise ValueError(
@@ -130,6 +135,7 @@ class CompileGuard:
         self.cache_size = cache_size
         self.vocab_cache_dir = vocab_cache_dir or Path.home() / ".cache" / "hotswap" / "structured"
         self.vocab_build_timeout_s = vocab_build_timeout_s
+        self.fallback_engines = tuple(fallback_engines)
         self._pool = WorkerPool("compile guard", self._spawn, workers, max_waiting)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, CompileVerdict] = OrderedDict()
@@ -248,7 +254,7 @@ class CompileGuard:
         return self._vocab_file
 
     def _spawn(self) -> WorkerProcess:
-        args = [str(self._ensure_vocab())]
+        args = [str(self._ensure_vocab()), *self.fallback_engines]
         return WorkerProcess("server.structured._worker", self.memory_limit_mb, args)
 
     def _compile(self, schema: Any, digest: str, mode: CheckMode) -> CompileVerdict:

@@ -32,6 +32,11 @@ def guard(base_model_path: Path) -> Iterator[CompileGuard]:
 
     Generous limits: tests that need a refusal make their own guard with tight ones.
     """
-    with CompileGuard(base_model_path, timeout_s=20.0, wall_timeout_s=120.0) as shared:
+    with CompileGuard(
+        base_model_path,
+        timeout_s=20.0,
+        wall_timeout_s=120.0,
+        fallback_engines=["guidance", "xgrammar"],
+    ) as shared:
         shared.start()
         yield shared

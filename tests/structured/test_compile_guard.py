@@ -32,7 +32,10 @@ PERSON = {
     "required": ["name", "age"],
 }
 # Compiles for minutes and grows by about a megabyte per character: hostile on both limits.
+# xgrammar's compile grows with the square of the length too: about 16 CPU seconds here.
 HOSTILE = bound_schema({"type": "string", "maxLength": 6000})
+# Over the default 5 CPU seconds for outlines; under half a second for either fallback engine.
+FALLBACK_ONLY = bound_schema({"type": "string", "maxLength": 1000})
 
 
 def _gone(pid: int) -> bool:
@@ -256,11 +259,28 @@ def test_the_shortest_document_is_measured_in_tokens_and_cached(guard: CompileGu
 def test_a_fallback_engine_checks_what_outlines_cannot_compile(
     guard: CompileGuard, engine: Any
 ) -> None:
-    verdict = guard.check_sync(HOSTILE, engine)  # minutes for outlines, milliseconds here
+    verdict = guard.check_sync(FALLBACK_ONLY, engine)
     assert verdict.ok, verdict
     assert verdict.budget is not None and verdict.budget.max_bytes is not None
-    assert verdict.budget.max_bytes >= 6000
-    assert guard.cached(HOSTILE, engine) is not None and guard.cached(HOSTILE) is None
+    assert verdict.budget.max_bytes >= 1000
+    assert guard.cached(FALLBACK_ONLY, engine) is not None and guard.cached(FALLBACK_ONLY) is None
+
+
+def test_a_fallback_engine_is_imported_before_the_first_check_and_held_to_the_limit(
+    base_model_path: Path,
+) -> None:
+    # xgrammar's import takes about 4 CPU seconds: charged to the first check, it would refuse
+    # (and cache) a schema that compiles in under half a second
+    with CompileGuard(base_model_path, timeout_s=3.0, fallback_engines=["xgrammar"]) as guard:
+        guard.start()
+        verdict = guard.check_sync(FALLBACK_ONLY, "xgrammar")
+        assert verdict.ok, verdict
+        assert verdict.compile_cpu_s is not None and verdict.compile_cpu_s < 3.0
+        (pid,) = guard.worker_pids()
+        refused = guard.check_sync(HOSTILE, "xgrammar")
+        assert refused.reason is RefusalReason.TIMEOUT and not refused.transient, refused
+        assert _wait_gone(pid)
+        assert guard.check_sync(HOSTILE, "xgrammar").cached
 
 
 def test_a_fallback_engine_refuses_what_it_cannot_compile_either(guard: CompileGuard) -> None:
