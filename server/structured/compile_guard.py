@@ -15,7 +15,7 @@ machine is; `wall_timeout_s` (default 3 x timeout_s) bounds the wall-clock wait.
 worker. Only CPU-bound refusals are cached: a wall-clock refusal under load is `transient`.
 The fallback engines a guard checks for (`fallback_engines`) are imported by each worker before
 it reports ready: xgrammar's import alone costs about 4 CPU seconds, which would otherwise be
-charged to a worker's first check and refuse (and cache) a schema it compiles in one.
+charged to a worker's first check and refuse (and cache) a schema it compiles in a second.
 
 Size: the worker measures the compiled index (its serialized bytes); one over `max_grammar_mb`
 is refused, since the engine keeps what it compiles in memory (see `engine_grammar_cache`).
